@@ -1,0 +1,1 @@
+//! FlightPool and ArrowDataset controllers.
