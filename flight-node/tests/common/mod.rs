@@ -1,4 +1,5 @@
 //! Shared fixture: a node serving on loopback ports chosen by the OS, with a Flight client.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use std::sync::Arc;
