@@ -2,6 +2,8 @@
 //! client: uploads, pinned versions, info, actions, eviction and reload, contracts, auth,
 //! limits and bad input.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

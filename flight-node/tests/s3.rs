@@ -5,6 +5,8 @@
 //! `make test` installs moto into `.venv` and points `MOTO_SERVER` at it. Without it this
 //! test fails with instructions rather than skipping.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::{Read, Write};
