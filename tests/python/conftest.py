@@ -267,3 +267,28 @@ def expect_flight_error(exc_types, fn, *args, match: str | None = None, **kwargs
     if match is not None:
         assert match.lower() in str(info.value).lower(), f"{match!r} not in {info.value!r}"
     return info.value
+
+
+def stored_state(storage: Path, ns: str, name: str):
+    """(versions that have a manifest, files under parts/)."""
+    d = storage / ns / name
+    versions = sorted(int(m.name[1:].split(".")[0]) for m in d.glob("v*.manifest.json"))
+    files = sorted(str(p.relative_to(d)) for p in (d / "parts").rglob("*") if p.is_file())
+    return versions, files
+
+
+def assert_state_returns_to(storage: Path, ns: str, name: str, want, timeout: float = 5.0):
+    """A refused upload's parts are removed right after the refusal (possibly in the
+    background): wait a bounded time for storage to look as it did before."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = stored_state(storage, ns, name)
+        if got == want or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert got == want
+    # Every part file left belongs to a committed manifest.
+    d = storage / ns / name
+    referenced = {p["path"].split(f"{ns}/{name}/", 1)[1]
+                  for m in d.glob("v*.manifest.json") for p in json.loads(m.read_text())["parts"]}
+    assert set(got[1]) == referenced
