@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import pytest
 
@@ -108,17 +108,13 @@ class FlightNode:
         self.proc = None
 
 
-def start_node(tmp: Path, *args: str) -> FlightNode:
-    return FlightNode(tmp, list(args)).start()
-
-
 @pytest.fixture(scope="session")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlightNode]:
     """A node without auth; 1 MiB parts so ~10 MB frames span several endpoints."""
     tmp = tmp_path_factory.mktemp("node")
     contracts = tmp / "contracts.yaml"
     contracts.write_text(CONTRACTS_YAML)
-    n = start_node(tmp, "--part-size", "1MiB", "--contracts-file", str(contracts))
+    n = FlightNode(tmp, ["--part-size", "1MiB", "--contracts-file", str(contracts)]).start()
     yield n
     n.stop()
 
@@ -129,9 +125,27 @@ def auth_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlightNode]:
     tmp = tmp_path_factory.mktemp("auth-node")
     tokens = tmp / "tokens.yaml"
     tokens.write_text(TOKENS_YAML)
-    n = start_node(tmp, "--token-file", str(tokens))
+    n = FlightNode(tmp, ["--token-file", str(tokens)]).start()
     yield n
     n.stop()
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[Callable[..., FlightNode]]:
+    """Starts extra nodes for one test (``start_node("--flag", "value", ...)``); all are
+    stopped afterwards. Storage lives in the test's ``tmp_path``."""
+    nodes: List[FlightNode] = []
+
+    def start(*args: str) -> FlightNode:
+        workdir = tmp_path / f"node-{len(nodes)}"
+        workdir.mkdir()
+        n = FlightNode(workdir, list(args))
+        nodes.append(n)
+        return n.start()
+
+    yield start
+    for n in nodes:
+        n.stop()
 
 
 @pytest.fixture

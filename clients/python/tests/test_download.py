@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,7 +11,6 @@ import pyarrow.flight as fl
 import pytest
 
 import trinity_flight as tf
-from conftest import FlightNode, start_node
 
 
 def ten_mb_frame(rows: int = 320_000) -> pd.DataFrame:
@@ -52,7 +50,7 @@ def test_multi_endpoint_parallel_download(client: tf.Client, monkeypatch) -> Non
     assert len(threads) > 1, "endpoints should be fetched by several threads"
 
 
-def test_location_fallback(client: tf.Client, node: FlightNode) -> None:
+def test_location_fallback(client: tf.Client, node) -> None:
     ticket = client.upload_table(pa.table({"a": [1, 2, 3]}), "fallback")
     dead = f"grpc://127.0.0.1:{node.http_port + 0}"  # an HTTP port: not a Flight server
     unreachable = "grpc://127.0.0.1:1"
@@ -66,7 +64,7 @@ def test_location_fallback(client: tf.Client, node: FlightNode) -> None:
     assert client._fetch(endpoint).num_rows == 3
 
 
-def test_part_ticket_downloads_one_part(node: FlightNode) -> None:
+def test_part_ticket_downloads_one_part(node) -> None:
     client = tf.Client(node.uri, namespace="default", batch_bytes=512 * 1024)
     df = ten_mb_frame(100_000)
     ticket = client.upload_dataframe(df, "parts", index=False)
@@ -80,23 +78,20 @@ def test_part_ticket_downloads_one_part(node: FlightNode) -> None:
     client.close()
 
 
-def test_restart_between_upload_and_download(tmp_path: Path) -> None:
-    node = start_node(tmp_path, "--part-size", "1MiB")
-    try:
-        with tf.Client(node.uri, namespace="default", retries=6, retry_backoff=0.1) as c:
-            big = pa.table({"id": np.arange(600_000), "x": np.random.default_rng(0).random(600_000)})
-            small = pa.table({"a": [1, 2, 3], "s": ["x", None, "z"]})
-            t_big = c.upload_table(big, "restart-big")
-            t_small = c.upload_table(small, "restart-small")
-            node.stop()
-            node.start()  # same ports, same storage directory, empty memory
-            # The same client reconnects; data comes back from storage.
-            assert c.download_table(t_small).equals(small)
-            assert c.download_table(t_big).equals(big)
-        with tf.Client(node.uri, namespace="default") as fresh:
-            assert fresh.download_table(t_small).equals(small)
-    finally:
+def test_restart_between_upload_and_download(start_node) -> None:
+    node = start_node("--part-size", "1MiB")
+    with tf.Client(node.uri, namespace="default", retries=6, retry_backoff=0.1) as c:
+        big = pa.table({"id": np.arange(600_000), "x": np.random.default_rng(0).random(600_000)})
+        small = pa.table({"a": [1, 2, 3], "s": ["x", None, "z"]})
+        t_big = c.upload_table(big, "restart-big")
+        t_small = c.upload_table(small, "restart-small")
         node.stop()
+        node.start()  # same ports, same storage directory, empty memory
+        # The same client reconnects; data comes back from storage.
+        assert c.download_table(t_small).equals(small)
+        assert c.download_table(t_big).equals(big)
+    with tf.Client(node.uri, namespace="default") as fresh:
+        assert fresh.download_table(t_small).equals(small)
 
 
 @pytest.mark.xfail(
@@ -104,33 +99,27 @@ def test_restart_between_upload_and_download(tmp_path: Path) -> None:
     "metadata (every pandas upload does): 'Record batch schema does not match input schema'",
     strict=False,
 )
-def test_restart_keeps_dataframes(tmp_path: Path) -> None:
-    node = start_node(tmp_path, "--part-size", "1MiB")
-    try:
-        with tf.Client(node.uri, namespace="default", retries=6, retry_backoff=0.1) as c:
-            df = ten_mb_frame(50_000)
-            small = pd.DataFrame({"a": [1, 2, 3]}, index=pd.Index(["x", "y", "z"], name="k"))
-            t_big = c.upload_dataframe(df, "restart-big")
-            t_small = c.upload_dataframe(small, "restart-small")
-            node.stop()
-            node.start()
-            pd.testing.assert_frame_equal(c.download_dataframe(t_small), small)
-            pd.testing.assert_frame_equal(c.download_dataframe(t_big), df)
-    finally:
+def test_restart_keeps_dataframes(start_node) -> None:
+    node = start_node("--part-size", "1MiB")
+    with tf.Client(node.uri, namespace="default", retries=6, retry_backoff=0.1) as c:
+        df = ten_mb_frame(50_000)
+        small = pd.DataFrame({"a": [1, 2, 3]}, index=pd.Index(["x", "y", "z"], name="k"))
+        t_big = c.upload_dataframe(df, "restart-big")
+        t_small = c.upload_dataframe(small, "restart-small")
         node.stop()
+        node.start()
+        pd.testing.assert_frame_equal(c.download_dataframe(t_small), small)
+        pd.testing.assert_frame_equal(c.download_dataframe(t_big), df)
 
 
-def test_unavailable_is_retried_until_the_node_is_back(tmp_path: Path) -> None:
-    node = start_node(tmp_path)
-    try:
-        with tf.Client(node.uri, namespace="default", retries=8, retry_backoff=0.2) as c:
-            t = c.upload_table(pa.table({"a": [1]}), "comes-back")
-            node.stop()
-            timer = threading.Timer(0.5, node.start)
-            timer.start()
-            try:
-                assert c.download_table(t).to_pydict() == {"a": [1]}
-            finally:
-                timer.join()
-    finally:
+def test_unavailable_is_retried_until_the_node_is_back(start_node) -> None:
+    node = start_node()
+    with tf.Client(node.uri, namespace="default", retries=8, retry_backoff=0.2) as c:
+        t = c.upload_table(pa.table({"a": [1]}), "comes-back")
         node.stop()
+        timer = threading.Timer(0.5, node.start)
+        timer.start()
+        try:
+            assert c.download_table(t).to_pydict() == {"a": [1]}
+        finally:
+            timer.join()

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pytest
 
 import trinity_flight as tf
-from conftest import FlightNode, start_node
 
 
 def test_missing_ticket_is_dataset_not_found(client: tf.Client) -> None:
@@ -50,7 +48,7 @@ def test_contract_violation(client: tf.Client) -> None:
     assert client.latest("sales") == t
 
 
-def test_wrong_token_is_unauthorized(auth_node: FlightNode) -> None:
+def test_wrong_token_is_unauthorized(auth_node) -> None:
     with tf.Client(auth_node.uri, token="wrong-token", namespace="default", retries=0) as c:
         with pytest.raises(tf.Unauthorized) as e:
             c.upload_table(pa.table({"a": [1]}), "x")
@@ -64,7 +62,7 @@ def test_wrong_token_is_unauthorized(auth_node: FlightNode) -> None:
             anonymous.download_table("ads1:default/x@1")
 
 
-def test_tokens_are_bound_to_namespaces(auth_node: FlightNode, monkeypatch) -> None:
+def test_tokens_are_bound_to_namespaces(auth_node, monkeypatch) -> None:
     with tf.Client(auth_node.uri, token="analytics-token", namespace="analytics") as c:
         t = c.upload_dataframe(pd.DataFrame({"a": [1]}), "mine")
         assert c.download_dataframe(t)["a"].tolist() == [1]
@@ -82,16 +80,13 @@ def test_tokens_are_bound_to_namespaces(auth_node: FlightNode, monkeypatch) -> N
         tf.download_dataframe(t)
 
 
-def test_limits_are_limit_exceeded(tmp_path: Path) -> None:
-    node = start_node(tmp_path, "--max-upload-size", "1MiB")
-    try:
-        with tf.Client(node.uri, namespace="default", retries=0) as c:
-            with pytest.raises(tf.LimitExceeded, match="maximum upload size"):
-                c.upload_table(pa.table({"a": pa.array(range(1_000_000), pa.int64())}), "too-big")
-            with pytest.raises(tf.DatasetNotFound):
-                c.info("too-big")
-    finally:
-        node.stop()
+def test_limits_are_limit_exceeded(start_node) -> None:
+    node = start_node("--max-upload-size", "1MiB")
+    with tf.Client(node.uri, namespace="default", retries=0) as c:
+        with pytest.raises(tf.LimitExceeded, match="maximum upload size"):
+            c.upload_table(pa.table({"a": pa.array(range(1_000_000), pa.int64())}), "too-big")
+        with pytest.raises(tf.DatasetNotFound):
+            c.info("too-big")
 
 
 def test_unreachable_node_is_server_unavailable_after_retries() -> None:
