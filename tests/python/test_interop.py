@@ -476,11 +476,13 @@ def test_unused_methods_answer_unimplemented(node):
     c = n.client()
     expect_flight_error(pa.ArrowNotImplementedError, n.action, c, "CancelFlightInfo", b"",
                         match="not supported")
+    writer, reader = c.do_exchange(flight.FlightDescriptor.for_path("x"))
     with pytest.raises(pa.ArrowNotImplementedError, match="DoExchange"):
-        writer, reader = c.do_exchange(flight.FlightDescriptor.for_path("x"))
         writer.begin(pa.schema([("a", pa.int64())]))
         writer.done_writing()
         reader.read_all()
+    with pytest.raises(pa.ArrowNotImplementedError):
+        writer.close()
     expect_flight_error(pa.ArrowInvalid, n.action, c, "frobnicate", b"", match="ListActions")
     # And the node still serves.
     assert put_table(c, "after", pa.table({"x": [1]}))["version"] == 1
