@@ -531,8 +531,9 @@ class Client:
         try:
             fi = self._flight_info(fl.FlightDescriptor.for_path(t.namespace, t.name))
         except FlightError as e:
-            if e.code == "NOT_FOUND":
-                return [], None  # the DoGet reports the authoritative error
+            if e.code in ("NOT_FOUND", "UNIMPLEMENTED"):
+                # Fetch the ticket itself; its DoGet reports the authoritative error.
+                return [], None
             raise
         raw = getattr(fi, "app_metadata", b"") or b""
         try:
