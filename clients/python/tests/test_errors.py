@@ -6,6 +6,7 @@ import time
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.flight as flight
 import pytest
 
 import trinity_flight as tf
@@ -98,3 +99,30 @@ def test_unreachable_node_is_server_unavailable_after_retries() -> None:
         assert time.monotonic() - start >= 0.05
         with pytest.raises(ConnectionError):
             c.upload_table(pa.table({"a": [1]}), "x")
+
+
+def test_large_tables_are_split_below_the_message_limit(start_node) -> None:
+    node = start_node("--max-message-size", "1MiB")
+    table = pa.table({"a": pa.array(range(1_000_000), pa.int64()), "b": pa.array([1.5] * 1_000_000)})
+    assert table.nbytes > 8 * (1 << 20) and table.column("a").num_chunks == 1
+    with tf.Client(node.uri, namespace="default", retries=0) as raw:
+        # One 16 MB message is refused by the node ...
+        with pytest.raises(tf.LimitExceeded, match="message"):
+            writer, reader = raw._conn.do_put(
+                flight.FlightDescriptor.for_path("default", "one-message"),
+                table.schema,
+            )
+            try:
+                writer.write_table(table)
+                writer.done_writing()
+                reader.read()
+            finally:
+                try:
+                    writer.close()
+                except pa.ArrowException as e:
+                    raise tf.errors.translate(e) from e
+    # ... while the client sends batches of `batch_bytes`.
+    with tf.Client(node.uri, namespace="default", batch_bytes=512 * 1024) as c:
+        t = c.upload_table(table, "split")
+        assert c.download_table(t).equals(table)
+

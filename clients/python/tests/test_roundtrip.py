@@ -149,3 +149,10 @@ def test_unconvertible_frame_is_invalid(client: tf.Client) -> None:
     df = pd.DataFrame({"mixed": [1, "a", 2.5]}, dtype=object)
     with pytest.raises(tf.InvalidRequest, match="cannot convert"):
         client.upload_dataframe(df, "mixed")
+
+
+def test_column_names(client: tf.Client) -> None:
+    df = pd.DataFrame({0: [1, 2], 1: ["a", "b"], 2: [True, False]})
+    pd.testing.assert_frame_equal(client.download_dataframe(client.upload_dataframe(df, "int-names")), df)
+    df = pd.DataFrame({"a": [1], "Ümlaut col": [2]})
+    pd.testing.assert_frame_equal(client.download_dataframe(client.upload_dataframe(df, "odd-names")), df)
