@@ -27,7 +27,7 @@ def build_frame(rows: int) -> pd.DataFrame:
             "sold_at": pd.date_range("2024-01-01", periods=rows, freq="min", tz="Europe/Berlin"),
             "region": pd.Categorical(rng.choice(["north", "south", "east", "west"], rows)),
             "amount": rng.gamma(2.0, 20.0, rows).round(2),
-            "discount": pd.array(np.where(rng.random(rows) < 0.8, None, 5), dtype="Int64"),
+            "discount": pd.array([None if x < 0.8 else 5 for x in rng.random(rows)], dtype="Int64"),
         }
     )
 

@@ -71,7 +71,7 @@ class DatasetInfo:
         ticket: the version's ticket.
         namespace, name, version: the dataset and version.
         rows: number of rows.
-        bytes: size of the Arrow data in bytes.
+        nbytes: size of the Arrow data in bytes (the node's ``bytes``).
         expires_at: expiry time (ISO 8601 text from the node), or ``None``.
         schema: the Arrow schema, when known (from ``GetFlightInfo``).
     """
@@ -81,7 +81,7 @@ class DatasetInfo:
     name: str
     version: int
     rows: int
-    bytes: int
+    nbytes: int
     expires_at: Optional[str] = None
     schema: Optional[pa.Schema] = None
 
@@ -95,7 +95,7 @@ class DatasetInfo:
                 name=d["name"],
                 version=int(d["version"]),
                 rows=int(d.get("rows", 0)),
-                bytes=int(d.get("bytes", 0)),
+                nbytes=int(d.get("bytes", 0)),
                 expires_at=d.get("expiresAt"),
                 schema=schema,
             )

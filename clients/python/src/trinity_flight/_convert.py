@@ -83,15 +83,18 @@ def table_to_dataframe(table: pa.Table, dtype_backend: DtypeBackend = None) -> p
     ``"numpy_nullable"`` maps integers, booleans, floats and strings to pandas' nullable
     dtypes (``Int64``, ``boolean``, ...); ``"pyarrow"`` gives ``pd.ArrowDtype`` columns.
     """
+    df: pd.DataFrame
     if dtype_backend is None:
-        return table.to_pandas()
-    if dtype_backend == "numpy_nullable":
-        return table.to_pandas(types_mapper=_nullable_mapper())
-    if dtype_backend == "pyarrow":
-        return table.to_pandas(types_mapper=pd.ArrowDtype)
-    raise ValueError(
-        f"dtype_backend must be None, 'numpy_nullable' or 'pyarrow', not {dtype_backend!r}"
-    )
+        df = table.to_pandas()
+    elif dtype_backend == "numpy_nullable":
+        df = table.to_pandas(types_mapper=_nullable_mapper())
+    elif dtype_backend == "pyarrow":
+        df = table.to_pandas(types_mapper=pd.ArrowDtype)
+    else:
+        raise ValueError(
+            f"dtype_backend must be None, 'numpy_nullable' or 'pyarrow', not {dtype_backend!r}"
+        )
+    return df
 
 
 SchemaOrTable = Union[pa.Schema, pa.Table]
