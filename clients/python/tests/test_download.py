@@ -123,3 +123,21 @@ def test_unavailable_is_retried_until_the_node_is_back(start_node) -> None:
             assert c.download_table(t).to_pydict() == {"a": [1]}
         finally:
             timer.join()
+
+
+def test_signed_tickets(start_node, tmp_path) -> None:
+    key = tmp_path / "ticket.key"
+    key.write_text("0123456789abcdef0123456789abcdef")
+    node = start_node("--ticket-key-file", str(key), "--part-size", "1MiB")
+    with tf.Client(node.uri, namespace="default", batch_bytes=256 * 1024) as c:
+        df = ten_mb_frame(40_000)
+        t1 = c.upload_dataframe(df, "signed")
+        assert t1.signature is not None and t1.startswith("ads1:default/signed@1~")
+        t2 = c.upload_dataframe(df.head(10), "signed")
+        # Latest version: signed part tickets from GetFlightInfo; older version: one DoGet.
+        pd.testing.assert_frame_equal(c.download_dataframe(t2), df.head(10))
+        pd.testing.assert_frame_equal(c.download_dataframe(t1), df)
+        with pytest.raises(tf.InvalidRequest, match="signature"):
+            c.download_table(t1.replace("@1~", "@2~"))
+        with pytest.raises(tf.InvalidRequest, match="not signed"):
+            c.download_table(tf.Ticket.build("default", "signed", 1))

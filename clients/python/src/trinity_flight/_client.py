@@ -321,7 +321,11 @@ class Client:
             try:
                 writer.close()
             except pa.ArrowException as final:
+                if local_error is not None:
+                    raise local_error from final
                 raise translate(final) from final
+            if local_error is not None:
+                raise local_error from e
             raise translate(e) from e
         try:
             writer.close()
@@ -500,7 +504,7 @@ class Client:
         parts are fetched in parallel (``max_workers``) and concatenated in order. Each
         endpoint's locations are tried in order (the owning node first), falling back to
         the connection in use; ``UNAVAILABLE`` is retried with backoff. Tickets of older
-        versions are fetched with one ``DoGet``.
+        versions (``GetFlightInfo`` describes the latest) are fetched with one ``DoGet``.
 
         Raises:
             DatasetNotFound: unknown dataset or version (or expired).
@@ -537,11 +541,13 @@ class Client:
             raise
         raw = getattr(fi, "app_metadata", b"") or b""
         try:
-            version = int(json.loads(raw)["version"])
-        except (ValueError, KeyError, TypeError):
+            latest = Ticket(json.loads(raw)["ticket"])
+        except (ValueError, KeyError, TypeError, FlightError):
             return [], None
-        if version != t.version:
-            return [], None  # an older version: GetFlightInfo describes the latest
+        # Use the endpoints only when they describe exactly this ticket: GetFlightInfo
+        # describes the latest version, and a signed ticket must still pass the node's check.
+        if latest != t:
+            return [], None
         return list(fi.endpoints), fi.schema
 
     def _fetch(self, endpoint: fl.FlightEndpoint) -> pa.Table:
