@@ -149,6 +149,12 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., FlightNode]]:
 
 
 @pytest.fixture
+def node_class() -> type:
+    """The FlightNode class, for tests that wire up nodes themselves (e.g. a pool)."""
+    return FlightNode
+
+
+@pytest.fixture
 def client(node: FlightNode) -> Iterator[tf.Client]:
     with tf.Client(node.uri, namespace="default", retries=2, retry_backoff=0.05) as c:
         yield c

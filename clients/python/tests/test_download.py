@@ -141,3 +141,40 @@ def test_signed_tickets(start_node, tmp_path) -> None:
             c.download_table(t1.replace("@1~", "@2~"))
         with pytest.raises(tf.InvalidRequest, match="not signed"):
             c.download_table(tf.Ticket.build("default", "signed", 1))
+
+
+def test_pool_owner_location_first_then_fallback(tmp_path, node_class) -> None:
+    """Two nodes over one storage: GetFlightInfo lists the owner first; when the owner is
+    down, the client falls back to the connection in use."""
+    shared = tmp_path / "shared"
+    peers = tmp_path / "peers.yaml"
+    a = node_class(tmp_path / "a")
+    b = node_class(tmp_path / "b")
+    for n in (a, b):
+        n.storage = shared
+        shared.mkdir(exist_ok=True)
+    peers.write_text(f"peers: [{a.uri}, {b.uri}]\n")
+    for n in (a, b):
+        n.extra_args = ["--part-size", "1MiB", "--advertise-uri", n.uri, "--peers-file", str(peers)]
+        n.start()
+    try:
+        with tf.Client(a.uri, namespace="default", batch_bytes=512 * 1024, retries=1, retry_backoff=0.05) as c:
+            # Find a dataset name owned by node b.
+            for i in range(50):
+                name = f"pooled-{i}"
+                t = c.upload_table(pa.table({"i": np.arange(200_000)}), name)
+                fi = c._conn.get_flight_info(fl.FlightDescriptor.for_path("default", name))
+                first = fi.endpoints[0].locations[0].uri.decode()
+                if first == b.uri:
+                    break
+            else:
+                pytest.fail("no dataset placed on node b")
+            assert len(fi.endpoints) > 1
+            assert [loc.uri.decode() for loc in fi.endpoints[0].locations][-1].startswith("arrow-flight-reuse")
+            assert c.download_table(t).num_rows == 200_000
+            assert b.uri in c._connections  # fetched from the owner
+            b.stop()
+            assert c.download_table(t).num_rows == 200_000  # owner down: via node a
+    finally:
+        a.stop()
+        b.stop()
