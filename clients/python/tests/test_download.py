@@ -94,21 +94,26 @@ def test_restart_between_upload_and_download(start_node) -> None:
         assert fresh.download_table(t_small).equals(small)
 
 
-@pytest.mark.xfail(
-    reason="flight-node: DoGet of a version loaded from Parquet fails when the schema has "
-    "metadata (every pandas upload does): 'Record batch schema does not match input schema'",
-    strict=False,
-)
 def test_restart_keeps_dataframes(start_node) -> None:
     node = start_node("--part-size", "1MiB")
     with tf.Client(node.uri, namespace="default", retries=6, retry_backoff=0.1) as c:
         df = ten_mb_frame(50_000)
-        small = pd.DataFrame({"a": [1, 2, 3]}, index=pd.Index(["x", "y", "z"], name="k"))
+        small = pd.DataFrame(
+            {
+                "a": [1, 2, 3],
+                # Unused categories and their order survive the Parquet copy too.
+                "level": pd.Categorical(["high", "low", "high"], categories=["low", "mid", "high"], ordered=True),
+                "code": pd.Categorical([30, 10, 30], categories=[30, 20, 10]),
+            },
+            index=pd.Index(["x", "y", "z"], name="k"),
+        )
         t_big = c.upload_dataframe(df, "restart-big")
         t_small = c.upload_dataframe(small, "restart-small")
         node.stop()
         node.start()
-        pd.testing.assert_frame_equal(c.download_dataframe(t_small), small)
+        got = c.download_dataframe(t_small)
+        pd.testing.assert_frame_equal(got, small)
+        assert got["level"].max() == "high" and got["level"].min() == "low"
         pd.testing.assert_frame_equal(c.download_dataframe(t_big), df)
 
 

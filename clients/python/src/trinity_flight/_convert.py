@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import pandas as pd
@@ -48,9 +49,68 @@ def dataframe_to_table(df: pd.DataFrame, index: Optional[bool] = None) -> pa.Tab
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
     try:
-        return pa.Table.from_pandas(df, preserve_index=index)
+        table = pa.Table.from_pandas(df, preserve_index=index)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
         raise InvalidRequest(f"cannot convert the DataFrame to Arrow: {e}") from e
+    categories = _categories_metadata(df)
+    if categories is not None:
+        metadata = dict(table.schema.metadata or {})
+        metadata[CATEGORIES_KEY] = categories
+        table = table.replace_schema_metadata(metadata)
+    return table
+
+
+#: Schema metadata key holding the categories of categorical columns. Arrow dictionaries
+#: survive the node's memory path, but its Parquet copy keeps only the values that occur,
+#: in order of appearance; this restores unused categories and their order on download.
+CATEGORIES_KEY = b"trinity_flight.categories"
+MAX_CATEGORIES_METADATA = 1 << 20
+
+
+def _categories_metadata(df: pd.DataFrame) -> Optional[bytes]:
+    if not df.columns.is_unique:
+        return None
+    spec = {}
+    for name, col in df.items():
+        if not isinstance(col.dtype, pd.CategoricalDtype):
+            continue
+        cats = col.cat.categories
+        if cats.inferred_type not in ("string", "integer", "boolean", "floating"):
+            continue
+        spec[str(name)] = {"categories": cats.tolist(), "ordered": bool(col.cat.ordered)}
+    if not spec:
+        return None
+    try:
+        raw = json.dumps(spec, allow_nan=False, default=_json_scalar).encode("utf-8")
+    except (TypeError, ValueError):
+        return None
+    return raw if len(raw) <= MAX_CATEGORIES_METADATA else None
+
+
+def _json_scalar(v: Any) -> Any:
+    if hasattr(v, "item"):  # numpy scalars
+        return v.item()
+    raise TypeError(f"not JSON: {type(v).__name__}")
+
+
+def _restore_categories(table: pa.Table, df: pd.DataFrame) -> pd.DataFrame:
+    raw = (table.schema.metadata or {}).get(CATEGORIES_KEY)
+    if not raw:
+        return df
+    try:
+        spec = json.loads(raw)
+    except ValueError:
+        return df
+    by_name = {str(c): c for c in df.columns} if df.columns.is_unique else {}
+    for field, want in spec.items():
+        col = by_name.get(field)
+        if col is None or not isinstance(df[col].dtype, pd.CategoricalDtype):
+            continue
+        cats = want.get("categories", [])
+        if not set(df[col].cat.categories.tolist()) <= set(cats):
+            continue  # not the column we described; leave it alone
+        df[col] = df[col].cat.set_categories(cats, ordered=bool(want.get("ordered")))
+    return df
 
 
 DtypeBackend = Optional[str]
@@ -85,9 +145,9 @@ def table_to_dataframe(table: pa.Table, dtype_backend: DtypeBackend = None) -> p
     """
     df: pd.DataFrame
     if dtype_backend is None:
-        df = table.to_pandas()
+        df = _restore_categories(table, table.to_pandas())
     elif dtype_backend == "numpy_nullable":
-        df = table.to_pandas(types_mapper=_nullable_mapper())
+        df = _restore_categories(table, table.to_pandas(types_mapper=_nullable_mapper()))
     elif dtype_backend == "pyarrow":
         df = table.to_pandas(types_mapper=pd.ArrowDtype)
     else:
