@@ -1,0 +1,1112 @@
+"""flight-node benchmark harness: each scenario runs our node and its peer side by side in one
+run on the same machine, interleaving repetitions, and reports medians with min–max and the
+speed ratio (ours ÷ peer, > 1 means we are faster).
+
+Run through `bench/run` (which prepares the venv and builds the binary); see bench/README.md.
+These are measurements, not tests: nothing here asserts a timing. The harness does check that
+every contender returned the expected data, and fails loudly when it did not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import http.client
+import io
+import json
+import os
+import platform
+import select
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.flight as flight
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+PEERS = BENCH_DIR / "peers"
+VENV_BIN = Path(sys.executable).parent
+START_TIMEOUT = 60.0
+MB = 1e6
+MIB = 1 << 20
+
+# Rows per record batch of every uploaded table (both servers receive the same batches;
+# pyarrow's server sends them back as received). ~6 MB per batch for the mixed table.
+BATCH_ROWS = 131_072
+
+NODE_FLAGS = ["--memory-limit", "4GiB"]
+S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
+
+SCENARIOS = ["doget", "json", "doput", "csv", "cold", "latency", "memory"]
+
+PROFILES = {
+    # Seconds: tiny tables, one repetition, no warm-up. Checks the harness end to end.
+    "smoke": dict(big_mb=4, csv_mb=2, cold_mb=4, json_rows=5_000, small_rows=1_000,
+                  reps=1, warmup=0, latency_calls=20, latency_warmup=5, mem_gets=1),
+    # Under 3 minutes.
+    "quick": dict(big_mb=100, csv_mb=60, cold_mb=100, json_rows=100_000, small_rows=1_000,
+                  reps=3, warmup=1, latency_calls=200, latency_warmup=20, mem_gets=2),
+    # Under 15 minutes.
+    "full": dict(big_mb=300, csv_mb=200, cold_mb=300, json_rows=200_000, small_rows=1_000,
+                 reps=7, warmup=1, latency_calls=500, latency_warmup=50, mem_gets=3),
+}
+
+# Targets from DESIGN.md "Performance targets": (op, value). ">=" for speed ratios,
+# "<=" for memory. None: measured, no target.
+TARGETS = {
+    "doget_vs_pyarrow": (">=", 1.5),
+    "doget_vs_loopback": (">=", 0.6),
+    "flight_vs_json": (">=", 50.0),
+    "doput_vs_pyarrow": None,
+    "csv_vs_pyarrow": (">=", 1.0),
+    "cold_vs_pyarrow_parquet": (">=", 1.0),
+    "rss_ratio": ("<=", 1.15),
+    "doget_extra_rss_mib": ("<=", 64.0),
+}
+REQUIRED_KEYS = ["doget_vs_pyarrow", "doget_vs_loopback", "flight_vs_json", "doput_vs_pyarrow",
+                 "csv_vs_pyarrow", "cold_vs_pyarrow_parquet", "latency_p50_ms_ours",
+                 "latency_p50_ms_pyarrow", "rss_ratio"]
+
+
+class HarnessError(RuntimeError):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ----- processes -----------------------------------------------------------------------------
+
+_PROCS: list[subprocess.Popen] = []
+
+
+def _kill_all() -> None:
+    for p in _PROCS:
+        if p.poll() is None:
+            try:
+                p.kill()
+                p.wait(timeout=5)
+            except Exception:
+                pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_request(url: str, method: str = "GET", data=None, headers=None, timeout=30.0):
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS / VmHWM etc. of a process, in bytes."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Vm"):
+                k, v = line.split(":", 1)
+                parts = v.split()
+                if len(parts) == 2 and parts[1] == "kB":
+                    out[k] = int(parts[0]) * 1024
+    return out
+
+
+class Server:
+    """A subprocess; stderr (and stdout for the node) goes to a log file."""
+
+    def __init__(self, name: str, workdir: Path):
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def spawn_peer(self, cmd: list[str], env=None) -> int:
+        """Starts a peer that prints its port on its first stdout line; returns the port."""
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=logf, env=env)
+        _PROCS.append(self.proc)
+        ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT)
+        line = self.proc.stdout.readline().strip() if ready else b""
+        if not line.isdigit():
+            self.stop()
+            raise HarnessError(f"{self.name} did not start:\n{self.log_tail()}")
+        return int(line)
+
+    def rss(self) -> int:
+        return proc_status(self.pid)["VmRSS"]
+
+    def stop(self) -> None:
+        p = self.proc
+        if p is None:
+            return
+        if p.stdin:
+            try:
+                p.stdin.close()
+            except OSError:
+                pass
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+        if p.stdout:
+            p.stdout.close()
+
+
+class FlightNode(Server):
+    def __init__(self, binary: Path, workdir: Path, storage_url: str | None = None,
+                 args: list[str] | None = None, env: dict | None = None, name="flight-node"):
+        super().__init__(name, workdir)
+        self.binary = binary
+        if storage_url is None:
+            d = workdir / f"{name}-data"
+            d.mkdir(parents=True, exist_ok=True)
+            storage_url = f"file://{d}"
+        self.storage_url = storage_url
+        self.args = NODE_FLAGS + list(args or [])
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("FLIGHT_")}
+        self.env.update(env or {})
+        self.grpc_port = self.http_port = 0
+        self.client: flight.FlightClient | None = None
+
+    @property
+    def cmdline(self) -> list[str]:
+        return [str(self.binary), "--listen", f"127.0.0.1:{self.grpc_port}",
+                "--http-listen", f"127.0.0.1:{self.http_port}",
+                "--storage-url", self.storage_url, *self.args]
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self) -> "FlightNode":
+        self.grpc_port, self.http_port = free_port(), free_port()
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(self.cmdline, stdout=logf, stderr=subprocess.STDOUT,
+                                         env=self.env)
+        _PROCS.append(self.proc)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise HarnessError(f"flight-node exited with {self.proc.returncode}:\n"
+                                   f"{self.log_tail()}")
+            try:
+                if http_request(f"{self.http}/readyz", timeout=1.0)[0] == 200:
+                    self.client = flight.FlightClient(f"grpc://127.0.0.1:{self.grpc_port}")
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise HarnessError(f"flight-node not ready within {START_TIMEOUT}s:\n{self.log_tail()}")
+
+    def action(self, kind: str, body=b"") -> list[bytes]:
+        if isinstance(body, dict):
+            body = json.dumps(body).encode()
+        return [r.body.to_pybytes() for r in self.client.do_action(flight.Action(kind, body))]
+
+    def stats(self) -> dict:
+        return json.loads(self.action("stats")[0])
+
+    def stop(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.close()
+            except Exception:
+                pass
+            self.client = None
+        super().stop()
+
+
+class PyarrowPeer(Server):
+    def __init__(self, workdir: Path):
+        super().__init__("pyarrow-flight-server", workdir)
+        self.client: flight.FlightClient | None = None
+
+    def start(self) -> "PyarrowPeer":
+        port = self.spawn_peer([sys.executable, str(PEERS / "pyarrow_server.py")])
+        self.client = flight.FlightClient(f"grpc://127.0.0.1:{port}")
+        self.client.wait_for_available(timeout=START_TIMEOUT)
+        return self
+
+    def action(self, kind: str, body: dict | None = None) -> list[bytes]:
+        raw = json.dumps(body).encode() if body is not None else b""
+        return [r.body.to_pybytes() for r in self.client.do_action(flight.Action(kind, raw))]
+
+    def stop(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.close()
+            except Exception:
+                pass
+            self.client = None
+        super().stop()
+
+
+# ----- data ----------------------------------------------------------------------------------
+
+MIXED_ROW_BYTES = 8 + 8 + 8 + 8 + 0.125 + 4 + 12.5  # id, qty, price, ts, flag, offsets, chars
+
+
+def mixed_table(rows: int, seed: int = 7) -> pa.Table:
+    """int64, float64, strings (10k distinct, 4–21 chars), timestamps, bool; deterministic."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"))
+    vocab = pa.array(["".join(rng.choice(letters, int(n))) for n in rng.integers(4, 22, 10_000)])
+    base = np.datetime64("2024-01-01T00:00:00", "us")
+    ts = base + rng.integers(0, 365 * 86_400 * 1_000_000, rows).astype("timedelta64[us]")
+    return pa.table({
+        "id": pa.array(np.arange(rows, dtype=np.int64)),
+        "qty": pa.array(rng.integers(-1_000_000, 1_000_000, rows, dtype=np.int64)),
+        "price": pa.array(rng.normal(100.0, 25.0, rows)),
+        "name": vocab.take(pa.array(rng.integers(0, len(vocab), rows))),
+        "created_at": pa.array(ts, type=pa.timestamp("us")),
+        "flag": pa.array(rng.random(rows) < 0.5),
+    })
+
+
+def table_of_mb(mb: float, seed: int = 7) -> pa.Table:
+    return mixed_table(max(1_000, int(mb * MB / MIXED_ROW_BYTES)), seed)
+
+
+def put_table(client: flight.FlightClient, ns: str, name: str, table: pa.Table) -> dict:
+    writer, reader = client.do_put(flight.FlightDescriptor.for_path(ns, name), table.schema)
+    writer.write_table(table, max_chunksize=BATCH_ROWS)
+    writer.done_writing()
+    buf = reader.read()
+    writer.close()
+    if buf is None:
+        raise HarnessError("DoPut answered no PutResult")
+    return json.loads(buf.to_pybytes())
+
+
+def get_table(client: flight.FlightClient, ticket: str | bytes) -> pa.Table:
+    if isinstance(ticket, str):
+        ticket = ticket.encode()
+    return client.do_get(flight.Ticket(ticket)).read_all()
+
+
+def expect_rows(what: str, got: int, want: int) -> None:
+    if got != want:
+        raise HarnessError(f"{what}: got {got} rows, expected {want}")
+
+
+# ----- measurement ---------------------------------------------------------------------------
+
+
+def summarize(times: list[float], nbytes: float | None = None) -> dict:
+    med = statistics.median(times)
+    out = {"times_s": [round(t, 6) for t in times], "median_s": med, "min_s": min(times),
+           "max_s": max(times)}
+    if nbytes:
+        out.update(mbps_median=nbytes / med / MB, mbps_min=nbytes / max(times) / MB,
+                   mbps_max=nbytes / min(times) / MB)
+    return out
+
+
+def interleave(contenders: list[tuple[str, Callable[[], float]]], reps: int,
+               warmup: int) -> dict[str, list[float]]:
+    """Runs ours, peer, ours, peer, … for warmup + reps rounds; each callable returns the
+    seconds it measured (so untimed setup, such as an evict, stays out). Warm-up rounds are
+    discarded."""
+    times: dict[str, list[float]] = {name: [] for name, _ in contenders}
+    for r in range(warmup + reps):
+        for name, fn in contenders:
+            t = fn()
+            if r >= warmup:
+                times[name].append(t)
+    return times
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+@dataclass
+class Ctx:
+    profile: str
+    p: dict
+    binary: Path
+    work: Path
+    results: dict = field(default_factory=dict)   # flat keys for latest.json
+    sections: dict = field(default_factory=dict)  # scenario -> detail for the report
+    _tables: dict = field(default_factory=dict)
+
+    def big_table(self) -> pa.Table:
+        if "big" not in self._tables:
+            self._tables["big"] = table_of_mb(self.p["big_mb"])
+        return self._tables["big"]
+
+    def workdir(self, name: str) -> Path:
+        d = self.work / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+
+def section(ctx: Ctx, key: str, title: str, what: str, contenders: dict, ratios: dict,
+            extra: dict | None = None) -> None:
+    ctx.sections[key] = {"title": title, "what": what, "contenders": contenders,
+                         "ratios": ratios, "extra": extra or {}}
+    ctx.results.update(ratios)
+
+
+# ----- scenarios -----------------------------------------------------------------------------
+
+
+class Loopback:
+    """Client side of the raw TCP ceiling: asks the sender for N bytes and `recv_into`s them
+    into one preallocated buffer."""
+
+    def __init__(self, port: int, nbytes: int):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.n = nbytes
+        self.mv = memoryview(bytearray(nbytes))
+
+    def fetch(self) -> float:
+        t0 = time.perf_counter()
+        self.sock.sendall(struct.pack(">Q", self.n))
+        off = 0
+        while off < self.n:
+            got = self.sock.recv_into(self.mv[off:], min(self.n - off, 16 * MIB))
+            if not got:
+                raise HarnessError("loopback sender closed the connection")
+            off += got
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def sc_doget(ctx: Ctx) -> None:
+    table = ctx.big_table()
+    nbytes = table.nbytes
+    w = ctx.workdir("doget")
+    node, peer, sender = FlightNode(ctx.binary, w), PyarrowPeer(w), Server("tcp-sender", w)
+    loop = None
+    try:
+        node.start()
+        peer.start()
+        port = sender.spawn_peer([sys.executable, str(PEERS / "tcp_sender.py")])
+        loop = Loopback(port, nbytes)
+        ours_ticket = put_table(node.client, "bench", "doget", table)["ticket"]
+        peer_ticket = put_table(peer.client, "bench", "doget", table)["ticket"]
+
+        def fetch(client, ticket, who):
+            def run():
+                t, got = timed(lambda: get_table(client, ticket))
+                expect_rows(f"DoGet {who}", got.num_rows, table.num_rows)
+                return t
+            return run
+
+        times = interleave([("flight-node", fetch(node.client, ours_ticket, "ours")),
+                            ("pyarrow FlightServerBase", fetch(peer.client, peer_ticket, "pyarrow")),
+                            ("raw loopback TCP", loop.fetch)], ctx.p["reps"], ctx.p["warmup"])
+        stats = node.stats()
+    finally:
+        if loop:
+            loop.close()
+        for s in (node, peer, sender):
+            s.stop()
+    c = {k: summarize(v, nbytes) for k, v in times.items()}
+    ours = c["flight-node"]["median_s"]
+    ratios = {"doget_vs_pyarrow": c["pyarrow FlightServerBase"]["median_s"] / ours,
+              "doget_vs_loopback": c["raw loopback TCP"]["median_s"] / ours,
+              "doget_mbps_ours": c["flight-node"]["mbps_median"],
+              "doget_mbps_pyarrow": c["pyarrow FlightServerBase"]["mbps_median"],
+              "loopback_mbps": c["raw loopback TCP"]["mbps_median"]}
+    section(ctx, "doget", "DoGet of a cached table",
+            f"{table.num_rows:,} rows × {table.num_columns} mixed columns, {nbytes / MB:.0f} MB "
+            f"of Arrow data, sent in {BATCH_ROWS:,}-row batches; client: pyarrow "
+            f"`do_get(...).read_all()` in the harness process. Node cache hits after the run: "
+            f"{stats.get('hits')}.", c, ratios)
+
+
+def sc_json(ctx: Ctx) -> None:
+    table = mixed_table(ctx.p["json_rows"], seed=11)
+    w = ctx.workdir("json")
+    pq_path = w / "frame.parquet"
+    pq.write_table(table, pq_path)
+    df = table.to_pandas()
+    arrow_bytes = table.nbytes
+    node, jsrv = FlightNode(ctx.binary, w), Server("json-server", w)
+    conn = None
+    payload = {}
+    try:
+        node.start()
+        port = jsrv.spawn_peer([sys.executable, str(PEERS / "json_server.py"),
+                                "--parquet", str(pq_path)])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+
+        def flight_roundtrip():
+            def run():
+                up = pa.Table.from_pandas(df, preserve_index=False)
+                ticket = put_table(node.client, "bench", "frame", up)["ticket"]
+                return get_table(node.client, ticket).to_pandas()
+            t, out = timed(run)
+            expect_rows("Flight upload+download", len(out), len(df))
+            return t
+
+        def json_roundtrip():
+            def run():
+                conn.request("GET", "/data")
+                resp = conn.getresponse()
+                body = resp.read()
+                if resp.status != 200:
+                    raise HarnessError(f"JSON server answered {resp.status}")
+                payload["bytes"] = len(body)
+                return pd.read_json(io.BytesIO(body), orient="records")
+            t, out = timed(run)
+            expect_rows("JSON download", len(out), len(df))
+            return t
+
+        times = interleave([("flight-node (from_pandas, DoPut, DoGet, to_pandas)", flight_roundtrip),
+                            ("pandas to_json → HTTP → read_json", json_roundtrip)],
+                           ctx.p["reps"], ctx.p["warmup"])
+    finally:
+        if conn:
+            conn.close()
+        node.stop()
+        jsrv.stop()
+    names = list(times)
+    c = {k: summarize(v, arrow_bytes) for k, v in times.items()}
+    ratios = {"flight_vs_json": c[names[1]]["median_s"] / c[names[0]]["median_s"],
+              "json_mbps": c[names[1]]["mbps_median"],
+              "flight_roundtrip_mbps": c[names[0]]["mbps_median"]}
+    section(ctx, "json", "Flight vs JSON: time to a usable DataFrame",
+            f"A pandas DataFrame of {len(df):,} rows ({arrow_bytes / MB:.1f} MB as Arrow; "
+            f"{payload.get('bytes', 0) / MB:.1f} MB as JSON records). JSON: a separate HTTP server "
+            f"process serializes with `to_json(orient=\"records\")` per request, the harness "
+            f"parses with `read_json`. Flight: the harness uploads the same frame to flight-node "
+            f"(durable write included) and downloads it back to pandas. MB/s are Arrow bytes.",
+            c, ratios)
+
+
+def sc_doput(ctx: Ctx) -> None:
+    table = ctx.big_table()
+    nbytes = table.nbytes
+    w = ctx.workdir("doput")
+    node, peer = FlightNode(ctx.binary, w), PyarrowPeer(w)
+    try:
+        node.start()
+        peer.start()
+
+        def upload(client, drop, who):
+            def run():
+                t, res = timed(lambda: put_table(client, "bench", "doput", table))
+                expect_rows(f"DoPut {who}", int(res.get("rows", table.num_rows)), table.num_rows)
+                drop()  # untimed: keep memory and disk flat between repetitions
+                return t
+            return run
+
+        times = interleave(
+            [("flight-node (file storage, durable)",
+              upload(node.client, lambda: node.action("delete", {"namespace": "bench", "name": "doput"}), "ours")),
+             ("pyarrow FlightServerBase (memory only)",
+              upload(peer.client, lambda: peer.action("delete", {"namespace": "bench", "name": "doput"}), "pyarrow"))],
+            ctx.p["reps"], ctx.p["warmup"])
+    finally:
+        node.stop()
+        peer.stop()
+    names = list(times)
+    c = {k: summarize(v, nbytes) for k, v in times.items()}
+    ratios = {"doput_vs_pyarrow": c[names[1]]["median_s"] / c[names[0]]["median_s"],
+              "doput_mbps_ours": c[names[0]]["mbps_median"],
+              "doput_mbps_pyarrow": c[names[1]]["mbps_median"]}
+    section(ctx, "doput", "DoPut of the table",
+            f"The same {nbytes / MB:.0f} MB table uploaded in {BATCH_ROWS:,}-row batches; timed "
+            f"until the PutResult arrives. Ours writes Parquet parts and the manifest to a local "
+            f"directory before answering; the peer only keeps the batches in memory.", c, ratios)
+
+
+def sc_csv(ctx: Ctx) -> None:
+    table = table_of_mb(ctx.p["csv_mb"] * 0.55, seed=13)  # CSV text is ~1.8× the Arrow size
+    w = ctx.workdir("csv")
+    path = w / "data.csv"
+    pacsv.write_csv(table, path)
+    size = path.stat().st_size
+    node = FlightNode(ctx.binary, w)
+    try:
+        node.start()
+
+        def ours():
+            conn = http.client.HTTPConnection("127.0.0.1", node.http_port, timeout=600,
+                                              blocksize=1 << 20)
+            with open(path, "rb") as f:
+                t0 = time.perf_counter()
+                conn.request("POST", "/v1/datasets/bench/csv", body=f,
+                             headers={"Content-Type": "text/csv", "Content-Length": str(size)})
+                resp = conn.getresponse()
+                body = resp.read()
+                t = time.perf_counter() - t0
+            conn.close()
+            if resp.status != 201:
+                raise HarnessError(f"CSV upload answered {resp.status}: {body[:300]!r}")
+            expect_rows("CSV upload", json.loads(body)["rows"], table.num_rows)
+            node.action("delete", {"namespace": "bench", "name": "csv"})  # untimed
+            return t
+
+        def with_rows(what, fn):
+            def run():
+                t, out = timed(fn)
+                expect_rows(what, len(out), table.num_rows)
+                return t
+            return run
+
+        times = interleave([("flight-node HTTP CSV upload (streaming, durable)", ours),
+                            ("pyarrow.csv.read_csv", with_rows("pyarrow.csv", lambda: pacsv.read_csv(path))),
+                            ("pandas.read_csv", with_rows("pandas", lambda: pd.read_csv(path)))],
+                           ctx.p["reps"], ctx.p["warmup"])
+    finally:
+        node.stop()
+    names = list(times)
+    c = {k: summarize(v, size) for k, v in times.items()}
+    ours_s = c[names[0]]["median_s"]
+    ratios = {"csv_vs_pyarrow": c[names[1]]["median_s"] / ours_s,
+              "csv_vs_pandas": c[names[2]]["median_s"] / ours_s,
+              "csv_mbps_ours": c[names[0]]["mbps_median"],
+              "csv_mbps_pyarrow": c[names[1]]["mbps_median"],
+              "csv_mbps_pandas": c[names[2]]["mbps_median"]}
+    section(ctx, "csv", "CSV ingest",
+            f"One CSV file of {size / MB:.0f} MB ({table.num_rows:,} rows; ints, floats, quoted "
+            f"strings, timestamps, booleans), in the page cache. Ours: HTTP POST of the file "
+            f"(streamed, parsed to Arrow in chunks, written as Parquet before the 201). Peers: "
+            f"parse the same file into memory in the harness process (both cores available). "
+            f"MB/s are CSV bytes.", c, ratios)
+
+
+class Moto(Server):
+    def start(self) -> str:
+        port = free_port()
+        exe = VENV_BIN / "moto_server"
+        if not exe.exists():
+            raise HarnessError(f"moto_server not found next to {sys.executable}")
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
+                                         stdout=logf, stderr=subprocess.STDOUT)
+        _PROCS.append(self.proc)
+        endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self.proc.poll() is not None:
+                raise HarnessError(f"moto_server exited:\n{self.log_tail()}")
+            try:
+                http_request(f"{endpoint}/", timeout=1.0)
+                return endpoint
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise HarnessError("moto_server did not start")
+                time.sleep(0.1)
+
+
+def sc_cold(ctx: Ctx) -> None:
+    table = ctx.big_table() if ctx.p["cold_mb"] == ctx.p["big_mb"] else table_of_mb(ctx.p["cold_mb"])
+    nbytes = table.nbytes
+    w = ctx.workdir("cold")
+    moto = Moto("moto-server", w)
+    node = None
+    try:
+        endpoint = moto.start()
+        import boto3
+        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test",
+                          aws_secret_access_key="test", region_name="us-east-1")
+        s3.create_bucket(Bucket="bench")
+        node = FlightNode(ctx.binary, w, storage_url="s3://bench/pool",
+                          args=["--storage-endpoint", endpoint, "--allow-http"], env=S3_ENV)
+        node.start()
+        t_up, res = timed(lambda: put_table(node.client, "bench", "cold", table))
+        ticket = res["ticket"]
+        manifest = json.loads(s3.get_object(
+            Bucket="bench", Key=f"pool/bench/cold/v{res['version']}.manifest.json")["Body"].read())
+        paths = [f"bench/pool/{p['path']}" for p in manifest["parts"]]
+        stored = sum(p.get("stored_bytes", 0) for p in manifest["parts"])
+        fs = pafs.S3FileSystem(endpoint_override=endpoint.removeprefix("http://"), scheme="http",
+                               access_key="test", secret_key="test", region="us-east-1")
+
+        def ours():
+            node.action("evict", {"namespace": "bench", "name": "cold"})  # untimed
+            misses = node.stats().get("misses", 0)
+            t, got = timed(lambda: get_table(node.client, ticket))
+            expect_rows("cold DoGet", got.num_rows, table.num_rows)
+            if node.stats().get("misses", 0) != misses + 1:
+                raise HarnessError("cold DoGet was not a cache miss (evict did not take)")
+            return t
+
+        def peer():
+            t, got = timed(lambda: pq.read_table(paths, filesystem=fs))
+            expect_rows("pyarrow.parquet.read_table", got.num_rows, table.num_rows)
+            return t
+
+        times = interleave([("flight-node cold DoGet (evict, then DoGet)", ours),
+                            ("pyarrow.parquet.read_table (same objects)", peer)],
+                           ctx.p["reps"], ctx.p["warmup"])
+    finally:
+        if node:
+            node.stop()
+        moto.stop()
+    names = list(times)
+    c = {k: summarize(v, nbytes) for k, v in times.items()}
+    ratios = {"cold_vs_pyarrow_parquet": c[names[1]]["median_s"] / c[names[0]]["median_s"],
+              "cold_mbps_ours": c[names[0]]["mbps_median"],
+              "cold_mbps_pyarrow_parquet": c[names[1]]["mbps_median"]}
+    section(ctx, "cold", "Cold DoGet from Parquet on S3 (moto_server)",
+            f"The {nbytes / MB:.0f} MB table uploaded once to a node with `s3://` storage on a "
+            f"local moto_server ({len(paths)} Parquet part(s), {stored / MB:.0f} MB stored; "
+            f"upload took {t_up:.1f} s). Ours: `evict` (untimed), then a timed DoGet to the "
+            f"harness. Peer: `pyarrow.parquet.read_table` of the same objects through "
+            f"`pyarrow.fs.S3FileSystem` in the harness process. MB/s are Arrow bytes.",
+            c, ratios)
+
+
+def sc_latency(ctx: Ctx) -> None:
+    table = mixed_table(ctx.p["small_rows"], seed=17)
+    w = ctx.workdir("latency")
+    node, peer = FlightNode(ctx.binary, w), PyarrowPeer(w)
+    try:
+        node.start()
+        peer.start()
+        t_ours = put_table(node.client, "bench", "small", table)["ticket"].encode()
+        t_peer = put_table(peer.client, "bench", "small", table)["ticket"].encode()
+        lat: dict[str, list[float]] = {"flight-node": [], "pyarrow FlightServerBase": []}
+        pairs = [("flight-node", node.client, t_ours), ("pyarrow FlightServerBase", peer.client, t_peer)]
+        n_warm, n = ctx.p["latency_warmup"], ctx.p["latency_calls"]
+        for i in range(n_warm + n):
+            for name, client, ticket in pairs:
+                t0 = time.perf_counter()
+                got = client.do_get(flight.Ticket(ticket)).read_all()
+                t = time.perf_counter() - t0
+                expect_rows(f"small DoGet {name}", got.num_rows, table.num_rows)
+                if i >= n_warm:
+                    lat[name].append(t * 1000)
+    finally:
+        node.stop()
+        peer.stop()
+    c = {}
+    for name, v in lat.items():
+        c[name] = {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99)),
+                   "min_ms": min(v), "max_ms": max(v), "calls": len(v)}
+    ours, theirs = c["flight-node"], c["pyarrow FlightServerBase"]
+    ratios = {"latency_p50_ms_ours": ours["p50_ms"], "latency_p50_ms_pyarrow": theirs["p50_ms"],
+              "latency_p99_ms_ours": ours["p99_ms"], "latency_p99_ms_pyarrow": theirs["p99_ms"],
+              "latency_p50_vs_pyarrow": theirs["p50_ms"] / ours["p50_ms"]}
+    section(ctx, "latency", "Small-table DoGet latency",
+            f"{table.num_rows:,}-row table ({table.nbytes / 1000:.0f} kB); {n} DoGets per server "
+            f"after {n_warm} warm-up calls, alternating calls between the two servers on one "
+            f"pyarrow client connection each; time from `do_get` to `read_all` returned.",
+            c, ratios)
+
+
+def sc_memory(ctx: Ctx) -> None:
+    table = ctx.big_table()
+    w = ctx.workdir("memory")
+    node, peer = FlightNode(ctx.binary, w), PyarrowPeer(w)
+    try:
+        node.start()
+        peer.start()
+        time.sleep(0.3)
+        rss_empty, peer_empty = node.rss(), peer.rss()
+        res = put_table(node.client, "bench", "mem", table)
+        put_table(peer.client, "bench", "mem", table)
+        time.sleep(0.5)
+        rss = node.rss()
+        cached = node.stats()["memoryUsed"]
+        peer_rss = peer.rss()
+        extras = [doget_peak(node, res["ticket"], table.num_rows) for _ in range(ctx.p["mem_gets"])]
+        # Cold reload from local Parquet: the cache as a restarted node would fill it.
+        node.action("evict", {"namespace": "bench", "name": "mem"})
+        get_table(node.client, res["ticket"])
+        time.sleep(0.5)
+        rss_reload, cached_reload = node.rss(), node.stats()["memoryUsed"]
+    finally:
+        node.stop()
+        peer.stop()
+    if cached <= 0:
+        raise HarnessError(f"stats memoryUsed is {cached} after the upload")
+    extra_med = statistics.median(extras)
+    c = {
+        "flight-node": {"rss_empty_mib": rss_empty / MIB, "rss_mib": rss / MIB,
+                        "cached_mib": cached / MIB, "rss_ratio": rss / cached,
+                        "doget_extra_rss_mib": extra_med, "doget_extra_rss_mib_max": max(extras),
+                        "rss_after_reload_mib": rss_reload / MIB,
+                        "rss_ratio_after_reload": rss_reload / max(cached_reload, 1)},
+        "pyarrow FlightServerBase": {"rss_empty_mib": peer_empty / MIB, "rss_mib": peer_rss / MIB,
+                                     "cached_mib": table.nbytes / MIB,
+                                     "rss_ratio": peer_rss / table.nbytes},
+    }
+    ratios = {"rss_ratio": rss / cached, "rss_mib_ours": rss / MIB, "cached_mib_ours": cached / MIB,
+              "rss_empty_mib_ours": rss_empty / MIB, "doget_extra_rss_mib": extra_med,
+              "doget_extra_rss_mib_max": max(extras),
+              "rss_ratio_after_reload": rss_reload / max(cached_reload, 1),
+              "rss_ratio_pyarrow": peer_rss / table.nbytes}
+    section(ctx, "memory", "Memory: resident size vs cached Arrow bytes",
+            f"The {table.nbytes / MB:.0f} MB table uploaded; RSS from /proc/<pid>/status VmRSS, "
+            f"cached bytes from the `stats` action (`memoryUsed`; for pyarrow, the table's "
+            f"`nbytes`). `rss_ratio` = RSS ÷ cached bytes (including the process's empty "
+            f"baseline). Extra RSS during a DoGet: peak RSS (VmHWM after resetting it through "
+            f"/proc/<pid>/clear_refs, and 1 ms sampling) minus RSS before, median of "
+            f"{len(extras)} DoGet(s). After reload: `evict`, then a cold DoGet from local Parquet.",
+            c, ratios)
+
+
+def doget_peak(node: FlightNode, ticket: str, rows: int) -> float:
+    """Extra resident MiB of the node while one DoGet of `ticket` streams (client discards
+    batches as they arrive)."""
+    pid = node.pid
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        hwm_ok = True
+    except OSError:
+        hwm_ok = False
+    before = proc_status(pid)["VmRSS"]
+    peak = [before]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            try:
+                peak[0] = max(peak[0], proc_status(pid)["VmRSS"])
+            except OSError:
+                return
+            time.sleep(0.001)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    n = 0
+    for chunk in node.client.do_get(flight.Ticket(ticket.encode())):
+        n += chunk.data.num_rows
+    stop.set()
+    th.join()
+    expect_rows("DoGet (memory)", n, rows)
+    hwm = proc_status(pid).get("VmHWM", 0) if hwm_ok else 0
+    return (max(peak[0], hwm) - before) / MIB
+
+
+SCENARIO_FNS = {"doget": sc_doget, "json": sc_json, "doput": sc_doput, "csv": sc_csv,
+                "cold": sc_cold, "latency": sc_latency, "memory": sc_memory}
+
+
+# ----- report --------------------------------------------------------------------------------
+
+
+def sh(cmd: list[str], cwd=None) -> str:
+    try:
+        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=30).stdout.strip()
+    except Exception:
+        return ""
+
+
+def machine_info(binary: Path) -> dict:
+    cpu = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = 0
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                mem = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    commit = sh(["git", "rev-parse", "HEAD"], cwd=REPO)
+    dirty = bool(sh(["git", "status", "--porcelain", "--", "flight-node", "Cargo.toml", "Cargo.lock"], cwd=REPO))
+    return {
+        "cpu": cpu or platform.processor(), "cores": os.cpu_count(),
+        "memory_gib": round(mem / (1 << 30), 1), "kernel": platform.release(),
+        "python": platform.python_version(), "pyarrow": pa.__version__, "pandas": pd.__version__,
+        "numpy": np.__version__, "rustc": sh(["rustc", "--version"]),
+        "commit": commit + (" (flight-node has uncommitted changes)" if dirty else ""),
+        "binary": str(binary),
+        "binary_built": dt.datetime.fromtimestamp(binary.stat().st_mtime).isoformat(timespec="seconds"),
+        "node_flags": " ".join(NODE_FLAGS),
+    }
+
+
+def target_mark(key: str, value) -> tuple[str, str]:
+    t = TARGETS.get(key)
+    if t is None or value is None:
+        return "—", ""
+    op, v = t
+    ok = value >= v if op == ">=" else value <= v
+    return f"{op} {v:g}", "pass" if ok else "short"
+
+
+def fmt(v, digits=2) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return str(v)
+
+
+def write_report(ctx: Ctx, meta: dict, errors: dict, out_md: Path, png_name: str | None) -> None:
+    L = []
+    m = meta["machine"]
+    L.append(f"# flight-node benchmarks — {meta['date']} ({ctx.profile})")
+    L.append("")
+    L.append(f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM, "
+             f"Linux {m['kernel']}")
+    L.append(f"- Load average at start: {meta['load_start']}; at end: {meta['load_end']}. "
+             f"Servers and the client share these cores, and other work may run on the machine "
+             f"at the same time: compare ratios within one run, not absolute numbers across runs.")
+    L.append(f"- Versions: Python {m['python']}, pyarrow {m['pyarrow']}, pandas {m['pandas']}, "
+             f"numpy {m['numpy']}, {m['rustc']}")
+    L.append(f"- flight-node commit {m['commit']}; binary {m['binary']} built {m['binary_built']}; "
+             f"flags `{m['node_flags']}`")
+    L.append(f"- Method: every scenario runs ours and its peer in the same run, interleaved "
+             f"(ours, peer, ours, peer, …), {ctx.p['reps']} measured repetition(s) after "
+             f"{ctx.p['warmup']} discarded warm-up; servers are separate processes, the client is "
+             f"the harness process (pyarrow {m['pyarrow']}). Medians with min–max. Wall time "
+             f"{meta['elapsed_s']:.0f} s.")
+    L.append("")
+    L.append("## Summary")
+    L.append("")
+    L.append("| metric | value | target | |")
+    L.append("|---|---:|---:|---|")
+    keys = REQUIRED_KEYS[:6] + ["rss_ratio", "doget_extra_rss_mib", "latency_p50_ms_ours",
+                                "latency_p50_ms_pyarrow", "latency_p99_ms_ours",
+                                "latency_p99_ms_pyarrow"]
+    for k in keys:
+        v = ctx.results.get(k)
+        tgt, mark = target_mark(k, v)
+        L.append(f"| `{k}` | {fmt(v)} | {tgt} | {mark} |")
+    L.append("")
+    L.append("Speed ratios are ours ÷ peer (peer time ÷ our time): > 1 means flight-node is "
+             "faster. `rss_ratio` is resident size ÷ cached Arrow bytes (lower is better).")
+    if png_name:
+        L.append("")
+        L.append(f"![ratios vs targets]({png_name})")
+    if errors:
+        L.append("")
+        L.append("## Failed scenarios")
+        L.append("")
+        for k, e in errors.items():
+            L.append(f"- `{k}`: {e.splitlines()[-1] if e else 'error'}")
+    for key in SCENARIOS:
+        s = ctx.sections.get(key)
+        if not s:
+            continue
+        L.append("")
+        L.append(f"## {s['title']} (`{key}`)")
+        L.append("")
+        L.append(s["what"])
+        L.append("")
+        first = next(iter(s["contenders"].values()))
+        if "median_s" in first:
+            has_mbps = "mbps_median" in first
+            L.append("| contender | median s | min–max s |" + (" median MB/s | min–max MB/s |" if has_mbps else ""))
+            L.append("|---|---:|---:|" + ("---:|---:|" if has_mbps else ""))
+            for name, c in s["contenders"].items():
+                row = f"| {name} | {c['median_s']:.3f} | {c['min_s']:.3f}–{c['max_s']:.3f} |"
+                if has_mbps:
+                    row += f" {c['mbps_median']:,.0f} | {c['mbps_min']:,.0f}–{c['mbps_max']:,.0f} |"
+                L.append(row)
+        else:
+            cols = list(first.keys())
+            L.append("| contender | " + " | ".join(cols) + " |")
+            L.append("|---|" + "---:|" * len(cols))
+            for name, c in s["contenders"].items():
+                L.append(f"| {name} | " + " | ".join(fmt(c.get(k)) for k in cols) + " |")
+        L.append("")
+        for k, v in s["ratios"].items():
+            tgt, mark = target_mark(k, v)
+            suffix = f" (target {tgt}: **{mark}**)" if mark else ""
+            L.append(f"- `{k}` = {fmt(v)}{suffix}")
+    out_md.write_text("\n".join(L) + "\n")
+
+
+def write_plot(results: dict, out_png: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib not installed: no plot")
+        return False
+    keys = [k for k in REQUIRED_KEYS[:6] + ["rss_ratio"] if results.get(k) is not None]
+    if not keys:
+        return False
+    vals = [results[k] for k in keys]
+    colors = []
+    for k, v in zip(keys, vals):
+        _, mark = target_mark(k, v)
+        colors.append({"pass": "#2e7d32", "short": "#e65100"}.get(mark, "#607d8b"))
+    fig, ax = plt.subplots(figsize=(10, 5))
+    x = np.arange(len(keys))
+    ax.bar(x, vals, color=colors, width=0.6)
+    for i, k in enumerate(keys):
+        t = TARGETS.get(k)
+        if t:
+            ax.hlines(t[1], i - 0.4, i + 0.4, colors="black", linestyles="dashed", linewidth=1.5)
+            ax.annotate(f"target {t[0]} {t[1]:g}", (i, t[1]), textcoords="offset points",
+                        xytext=(0, 4), ha="center", fontsize=7)
+        ax.annotate(f"{vals[i]:.2f}", (i, vals[i]), textcoords="offset points", xytext=(0, -12),
+                    ha="center", fontsize=8, color="white", fontweight="bold")
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(x)
+    ax.set_xticklabels(keys, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("ratio (log scale); speed: > 1 = flight-node faster; rss_ratio: lower is better")
+    ax.set_title("flight-node vs peers (green: target met, orange: short, grey: no target)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ----- main ----------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="bench/run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="smaller tables, fewer repetitions (< 3 min)")
+    mode.add_argument("--smoke", action="store_true",
+                      help="tiny tables, 1 repetition: checks the harness end to end (seconds); "
+                           "writes to a temporary directory")
+    ap.add_argument("--only", help=f"comma-separated scenarios among {','.join(SCENARIOS)}")
+    ap.add_argument("--json", metavar="FILE", help="also write the results JSON to FILE")
+    ap.add_argument("--out", metavar="DIR",
+                    help="results directory (default bench/results for full and --quick runs of "
+                         "all scenarios, a temporary directory for --smoke and --only)")
+    ap.add_argument("--binary", default=os.environ.get("FLIGHT_NODE_BIN",
+                                                      str(REPO / "target" / "release" / "flight-node")))
+    ap.add_argument("--keep-work", action="store_true", help="keep the scratch directory (logs, data)")
+    args = ap.parse_args(argv)
+
+    profile = "smoke" if args.smoke else "quick" if args.quick else "full"
+    scenarios = SCENARIOS
+    if args.only:
+        scenarios = [s.strip() for s in args.only.split(",") if s.strip()]
+        bad = [s for s in scenarios if s not in SCENARIO_FNS]
+        if bad:
+            ap.error(f"unknown scenario(s) {bad}; choose from {SCENARIOS}")
+    binary = Path(args.binary)
+    if not binary.is_file():
+        print(f"flight-node binary not found at {binary}", file=sys.stderr)
+        return 2
+
+    if args.out:
+        out_dir = Path(args.out)
+    elif profile == "smoke" or args.only:
+        out_dir = Path(tempfile.mkdtemp(prefix="flight-bench-results-"))
+    else:
+        out_dir = BENCH_DIR / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="flight-bench-work-"))
+
+    def on_signal(signum, _frame):
+        _kill_all()
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    load_start = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    log(f"profile {profile}; scenarios {','.join(scenarios)}; load average {load_start}; "
+        f"scratch {work}")
+    ctx = Ctx(profile=profile, p=PROFILES[profile], binary=binary, work=work)
+    errors: dict[str, str] = {}
+    t_start = time.perf_counter()
+    try:
+        for name in scenarios:
+            t0 = time.perf_counter()
+            log(f"{name} …")
+            try:
+                SCENARIO_FNS[name](ctx)
+                shown = {k: round(v, 3) for k, v in ctx.sections[name]["ratios"].items()}
+                log(f"{name} done in {time.perf_counter() - t0:.1f} s: {shown}")
+            except Exception:
+                errors[name] = traceback.format_exc()
+                log(f"{name} FAILED after {time.perf_counter() - t0:.1f} s:\n{errors[name]}")
+    finally:
+        _kill_all()
+    elapsed = time.perf_counter() - t_start
+
+    date = dt.date.today().isoformat()
+    meta = {"date": date, "profile": profile, "scenarios": scenarios, "elapsed_s": elapsed,
+            "load_start": load_start,
+            "load_end": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
+            "machine": machine_info(binary)}
+    results = {k: ctx.results.get(k) for k in REQUIRED_KEYS}
+    results.update({k: v for k, v in ctx.results.items() if k not in results})
+    results["meta"] = {k: v for k, v in meta.items() if k != "scenarios"} | {
+        "scenarios": scenarios, "failed": sorted(errors)}
+    results["details"] = ctx.sections
+
+    png = out_dir / f"{date}.png"
+    have_png = write_plot(ctx.results, png)
+    write_report(ctx, meta, errors, out_dir / f"{date}.md", png.name if have_png else None)
+    text = json.dumps(results, indent=2, default=float) + "\n"
+    (out_dir / "latest.json").write_text(text)
+    if args.json:
+        Path(args.json).write_text(text)
+
+    print()
+    print(f"{'key':<28} {'value':>10}  target")
+    for k in REQUIRED_KEYS + ["doget_extra_rss_mib", "latency_p99_ms_ours", "latency_p99_ms_pyarrow"]:
+        v = ctx.results.get(k)
+        tgt, mark = target_mark(k, v)
+        print(f"{k:<28} {fmt(v, 3):>10}  {tgt} {mark}")
+    print(f"\nresults: {out_dir}/{date}.md, latest.json" + (f", {png.name}" if have_png else "")
+          + f"; wall time {elapsed:.1f} s")
+    if args.keep_work or errors:
+        print(f"scratch directory kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    if errors:
+        print(f"FAILED scenarios: {', '.join(errors)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
