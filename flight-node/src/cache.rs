@@ -114,7 +114,19 @@ fn encode_blocking(
     batches: &[RecordBatch],
     max_message: usize,
 ) -> Result<Vec<FlightData>> {
-    let owned: Vec<RecordBatch> = batches.to_vec();
+    // Batches decoded from Parquet may carry different schema metadata than the version's
+    // schema (pandas metadata, for one); the stream is sent with the version's schema.
+    let owned: Vec<RecordBatch> = batches
+        .iter()
+        .map(|b| {
+            if b.schema_ref().as_ref() == schema.as_ref() {
+                Ok(b.clone())
+            } else {
+                RecordBatch::try_new(schema.clone(), b.columns().to_vec())
+            }
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::data("match batches to the stored schema", e))?;
     let input = futures::stream::iter(owned.into_iter().map(Ok));
     let stream = FlightDataEncoderBuilder::new()
         .with_schema(schema.clone())

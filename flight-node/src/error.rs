@@ -133,10 +133,11 @@ impl Error {
         let msg = status.message().to_string();
         match status.code() {
             // tonic reports an oversized message as OutOfRange; to clients that is a limit.
-            Code::OutOfRange | Code::ResourceExhausted => Error::ResourceExhausted(format!(
+            Code::OutOfRange => Error::ResourceExhausted(format!(
                 "{msg}; split the table into smaller record batches (pyarrow: \
                  writer.write_table(table, max_chunksize=...)) or raise --max-message-size"
             )),
+            Code::ResourceExhausted => Error::ResourceExhausted(msg),
             Code::InvalidArgument => Error::InvalidArgument(msg),
             Code::Cancelled | Code::Aborted => {
                 Error::Aborted(format!("upload cancelled by the client: {msg}"))

@@ -17,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod contract;
 pub mod csv;
+pub mod dictionary;
 pub mod error;
 pub mod http;
 pub mod manifest;
@@ -29,6 +30,7 @@ pub mod service;
 pub mod storage;
 pub mod ticket;
 pub mod ttl;
+pub mod zerocopy;
 
 pub use config::Config;
 pub use error::{Error, Result};

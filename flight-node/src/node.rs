@@ -678,6 +678,21 @@ impl Node {
     }
 }
 
+/// Bytes of Arrow data a batch references. Unlike `get_array_memory_size`, a buffer shared
+/// by several columns (as after decoding one IPC message) is not counted once per column,
+/// and a slice counts only its rows.
+pub fn batch_size(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| {
+            c.to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size())
+        })
+        .sum()
+}
+
 /// Runs CPU-bound work off the async runtime.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
@@ -763,7 +778,26 @@ impl<'a> PartWriter<'a> {
         }
     }
 
+    /// Accepts one batch; a batch larger than a part is cut (without copying) so that
+    /// parts, and the endpoints clients fetch in parallel, stay near the part size.
     async fn push(&mut self, batch: RecordBatch) -> Result<()> {
+        let size = batch_size(&batch);
+        let part_size = self.node.limits.part_size;
+        if size > part_size && batch.num_rows() > 1 {
+            let pieces = size.div_ceil(part_size);
+            let rows = batch.num_rows().div_ceil(pieces).max(1);
+            let mut offset = 0;
+            while offset < batch.num_rows() {
+                let len = rows.min(batch.num_rows() - offset);
+                self.push_one(batch.slice(offset, len)).await?;
+                offset += len;
+            }
+            return Ok(());
+        }
+        self.push_one(batch).await
+    }
+
+    async fn push_one(&mut self, batch: RecordBatch) -> Result<()> {
         if batch.schema().fields() != self.schema.fields() {
             return Err(Error::invalid(
                 "a record batch's schema differs from the upload's schema; one upload has one schema",
@@ -780,7 +814,7 @@ impl<'a> PartWriter<'a> {
                 limits.max_upload_batches
             )));
         }
-        let size = batch.get_array_memory_size();
+        let size = batch_size(&batch);
         self.arrow_bytes += size as u64;
         if self.arrow_bytes > limits.max_upload_size {
             return Err(Error::ResourceExhausted(format!(
@@ -818,9 +852,10 @@ impl<'a> PartWriter<'a> {
                 concat_batches(&schema, &batches)?
             };
             let rows = batch.num_rows() as u64;
-            let bytes = batch.get_array_memory_size() as u64;
+            let bytes = batch_size(&batch) as u64;
             let props = WriterProperties::builder()
                 .set_compression(Compression::SNAPPY)
+                .set_key_value_metadata(Some(crate::dictionary::capture(&batch)?))
                 .build();
             let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))?;
             writer.write(&batch)?;

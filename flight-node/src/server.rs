@@ -62,6 +62,9 @@ pub async fn start(config: Config) -> Result<RunningNode> {
     let node = Arc::new(Node::from_config(&config)?);
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
+            // Several TLS back-ends are linked in; choose one for the process. An error only
+            // means one was installed already.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             let read = |p: &std::path::Path| {
                 std::fs::read(p)
                     .map_err(|e| Error::Config(format!("failed to read {}: {e}", p.display())))

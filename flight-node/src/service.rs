@@ -154,12 +154,35 @@ impl FlightNodeService {
         self.flight_info(&m)
     }
 
-    async fn do_get_inner(&self, req: Request<FlightTicket>) -> Result<Stream_<FlightData>> {
-        let principal = self.principal(req.metadata())?;
-        let ticket = Ticket::decode(&req.get_ref().ticket, self.node.signer())?;
+    /// `DoGet`'s logic, shared by the tonic method and the zero-copy path
+    /// ([`crate::zerocopy`]): authenticate, parse the ticket, resolve the version and open
+    /// its messages.
+    pub async fn do_get_stream(
+        &self,
+        metadata: &MetadataMap,
+        ticket: &[u8],
+    ) -> Result<futures::stream::BoxStream<'static, Result<FlightData>>> {
+        let principal = self.principal(metadata)?;
+        let ticket = Ticket::decode(ticket, self.node.signer())?;
         principal.check(ticket.dataset.namespace())?;
         let manifest = self.node.resolve(&ticket).await?;
-        let stream = self.node.stream(&manifest, ticket.part).await?;
+        self.node.stream(&manifest, ticket.part).await
+    }
+
+    /// Counts a finished request in the metrics.
+    pub fn record(&self, method: &str, code: tonic::Code) {
+        self.node.metrics().record_request(method, code);
+    }
+
+    /// Counts Flight bytes sent.
+    pub fn record_sent(&self, bytes: u64) {
+        self.node.metrics().record_sent(bytes);
+    }
+
+    async fn do_get_inner(&self, req: Request<FlightTicket>) -> Result<Stream_<FlightData>> {
+        let stream = self
+            .do_get_stream(req.metadata(), &req.get_ref().ticket)
+            .await?;
         let node = Arc::clone(&self.node);
         Ok(stream
             .map(move |r| match r {

@@ -401,14 +401,21 @@ impl Storage {
             e => e,
         })?;
         tokio::task::spawn_blocking(move || -> Result<Vec<RecordBatch>> {
-            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-                .map_err(|e| Error::data(format!("open Parquet part {path}"), e))?
+            let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
+                .map_err(|e| Error::data(format!("open Parquet part {path}"), e))?;
+            let dictionaries = crate::dictionary::recorded(
+                builder.metadata().file_metadata().key_value_metadata(),
+            )?;
+            let reader = builder
                 .with_batch_size(batch_size)
                 .build()
                 .map_err(|e| Error::data(format!("read Parquet part {path}"), e))?;
             reader
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| Error::data(format!("decode Parquet part {path}"), e))
+                .map(|b| {
+                    let b = b.map_err(|e| Error::data(format!("decode Parquet part {path}"), e))?;
+                    crate::dictionary::restore(b, &dictionaries)
+                })
+                .collect()
         })
         .await
         .map_err(|e| Error::Internal(format!("Parquet decoder task failed: {e}")))?

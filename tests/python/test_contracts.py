@@ -156,11 +156,6 @@ def test_http_upload_with_contract(contract_node):
     assert_state_returns_to(n.storage_dir, "analytics", "orders", before)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: a CSV upload naming a contract with a named-timezone timestamp column "
-    "(`timestamp[ms, UTC]`, the DESIGN.md example) is refused with 400 'Invalid timezone "
-    "\"UTC\": only offset based timezones supported without chrono-tz feature'; "
-    "`timestamp[ms, +00:00]` works"))
 def test_http_upload_with_utc_timestamp_contract(contract_node):
     n = contract_node()
     c = n.client()

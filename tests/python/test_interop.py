@@ -98,15 +98,7 @@ def test_pandas_dtypes_round_trip(node):
     assert back["price"].iloc[1] == decimal.Decimal("1.01")
 
 
-SCHEMA_METADATA_BUG = (
-    "server bug: a version whose Arrow schema carries schema-level metadata (every table "
-    "made by pa.Table.from_pandas has the 'pandas' key) cannot be read once it is no longer "
-    "in memory: DoGet answers INTERNAL 'failed to encode Flight data: ... Record batch "
-    "schema does not match input schema' when reloading from Parquet"
-)
 
-
-@pytest.mark.xfail(strict=True, reason=SCHEMA_METADATA_BUG)
 def test_pandas_dtypes_round_trip_after_reload_from_parquet(node):
     n = node()
     c = n.client()
@@ -130,7 +122,6 @@ def test_dtypes_without_schema_metadata_reload_from_parquet(node):
     assert_same_table(get_table(c, res["ticket"]), table)
 
 
-@pytest.mark.xfail(strict=True, reason=SCHEMA_METADATA_BUG)
 def test_schema_metadata_survives_reload(node):
     n = node()
     c = n.client()
@@ -499,7 +490,6 @@ def test_one_cold_read_counts_one_miss(node):
     assert after["misses"] - before["misses"] == 1, (before, after)
 
 
-@pytest.mark.xfail(strict=True, reason=SCHEMA_METADATA_BUG)
 def test_load_parquet_written_by_pandas(node):
     """`df.to_parquet()` is how most users make a Parquet file; it stores pandas metadata."""
     n = node()
@@ -513,11 +503,6 @@ def test_load_parquet_written_by_pandas(node):
     pd.testing.assert_frame_equal(get_table(c, res["ticket"]).to_pandas(), df)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: HTTP export (?format=csv or json) of a column typed timestamp with a named "
-    "time zone (tz='UTC' or 'Europe/Paris', what pandas tz-aware columns become) closes the "
-    "connection without any HTTP response; offset zones ('+01:00') and naive timestamps export "
-    "fine"))
 @pytest.mark.parametrize("fmt", ["csv", "json"])
 def test_http_export_of_utc_timestamps(node, fmt):
     n = node()

@@ -31,12 +31,7 @@ def make_cert(tmp_path: Path) -> "tuple[Path, Path]":
 @pytest.fixture
 def tls_node(start_node, tmp_path: Path):
     cert, key = make_cert(tmp_path)
-    try:
-        node = start_node("--tls-cert", str(cert), "--tls-key", str(key))
-    except RuntimeError as e:
-        if "CryptoProvider" in str(e):
-            pytest.xfail("flight-node panics at start-up with --tls-cert: no rustls CryptoProvider installed")
-        raise
+    node = start_node("--tls-cert", str(cert), "--tls-key", str(key))
     return node, cert
 
 

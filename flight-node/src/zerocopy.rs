@@ -1,0 +1,272 @@
+//! `DoGet` without copying table data in the gRPC layer.
+//!
+//! tonic encodes every response message by copying it into one contiguous buffer. For
+//! `DoGet` that buffer copy is most of the server's work: the table is already encoded as
+//! Arrow IPC in the cache. This module answers `DoGet` itself: it writes the gRPC frame
+//! prefix and the protobuf field headers of each `FlightData` into a small buffer and hands
+//! the IPC body (a reference-counted slice of the cache) to HTTP/2 as its own chunk, which
+//! h2 writes to the socket without copying it. Every other method goes to the generated
+//! tonic service; `DoGet`'s logic (auth, ticket, cache, load) is shared with it through
+//! [`FlightNodeService::do_get_stream`], only the encoding differs.
+//!
+//! Wire format, per message: `0x00`, a big-endian `u32` length, then the protobuf
+//! `FlightData` with `data_header` (field 2), `app_metadata` (field 3, when set) and
+//! `data_body` (field 1000); the stream ends with `grpc-status` trailers.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use arrow_flight::FlightData;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use http::{HeaderMap, HeaderValue};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use prost::encoding::{encode_key, encode_varint, WireType};
+use prost::Message;
+use tonic::metadata::MetadataMap;
+use tonic::server::NamedService;
+use tonic::Status;
+
+use crate::error::{Error, Result};
+use crate::service::FlightNodeService;
+
+const DO_GET_PATH: &str = "/arrow.flight.protocol.FlightService/DoGet";
+/// A `Ticket` request is a few hundred bytes; anything much larger is refused unread.
+const MAX_REQUEST: usize = 64 * 1024;
+
+/// The Flight service with the zero-copy `DoGet`.
+#[derive(Clone)]
+pub struct FlightRouter {
+    grpc: FlightServiceServer<FlightNodeService>,
+    service: FlightNodeService,
+}
+
+impl FlightRouter {
+    pub fn new(grpc: FlightServiceServer<FlightNodeService>, service: FlightNodeService) -> Self {
+        Self { grpc, service }
+    }
+}
+
+impl NamedService for FlightRouter {
+    const NAME: &'static str = "arrow.flight.protocol.FlightService";
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for FlightRouter {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, std::result::Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<std::result::Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        if req.uri().path() == DO_GET_PATH {
+            let service = self.service.clone();
+            Box::pin(async move { Ok(do_get(service, req).await) })
+        } else {
+            let mut grpc = self.grpc.clone();
+            Box::pin(async move { tower::Service::call(&mut grpc, req).await })
+        }
+    }
+}
+
+async fn do_get(
+    service: FlightNodeService,
+    req: http::Request<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let (parts, body) = req.into_parts();
+    let metadata = MetadataMap::from_headers(parts.headers);
+    let result = async {
+        let ticket = read_ticket(body).await?;
+        service.do_get_stream(&metadata, &ticket).await
+    }
+    .await;
+    service.record(
+        "DoGet",
+        result
+            .as_ref()
+            .map_or_else(Error::code, |_| tonic::Code::Ok),
+    );
+    match result {
+        Ok(stream) => {
+            let mut resp =
+                http::Response::new(tonic::body::Body::new(GrpcBody::new(stream, service)));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            resp
+        }
+        Err(e) => Status::from(e).into_http(),
+    }
+}
+
+/// Reads the single length-prefixed `Ticket` message of a `DoGet` request.
+async fn read_ticket(body: tonic::body::Body) -> Result<Bytes> {
+    let bytes = http_body_util::Limited::new(body, MAX_REQUEST)
+        .collect()
+        .await
+        .map_err(|e| Error::invalid(format!("failed to read the DoGet request: {e}")))?
+        .to_bytes();
+    if bytes.len() < 5 {
+        return Err(Error::invalid("the DoGet request holds no message"));
+    }
+    if bytes[0] != 0 {
+        return Err(Error::invalid(
+            "compressed DoGet requests are not supported",
+        ));
+    }
+    let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+    let msg = bytes
+        .get(5..5 + len)
+        .ok_or_else(|| Error::invalid("the DoGet request message is truncated"))?;
+    let ticket = arrow_flight::Ticket::decode(msg)
+        .map_err(|e| Error::invalid(format!("malformed DoGet request: {e}")))?;
+    Ok(ticket.ticket)
+}
+
+/// Frames one message: returns the small head (gRPC prefix, protobuf keys and lengths,
+/// the IPC header and metadata) and the body to send after it as is.
+pub fn frame(m: &FlightData) -> (Bytes, Bytes) {
+    let header_len = m.data_header.len();
+    let meta_len = m.app_metadata.len();
+    let body_len = m.data_body.len();
+    let field = |tag: u32, len: usize| {
+        if len == 0 {
+            0
+        } else {
+            prost::encoding::key_len(tag) + prost::encoding::encoded_len_varint(len as u64) + len
+        }
+    };
+    let message_len = field(2, header_len) + field(3, meta_len) + field(1000, body_len);
+    let mut head = BytesMut::with_capacity(5 + message_len - body_len);
+    head.put_u8(0);
+    // A message never exceeds the configured maximum size, far below 4 GiB.
+    head.put_u32(u32::try_from(message_len).unwrap_or(u32::MAX));
+    if header_len > 0 {
+        encode_key(2, WireType::LengthDelimited, &mut head);
+        encode_varint(header_len as u64, &mut head);
+        head.put_slice(&m.data_header);
+    }
+    if meta_len > 0 {
+        encode_key(3, WireType::LengthDelimited, &mut head);
+        encode_varint(meta_len as u64, &mut head);
+        head.put_slice(&m.app_metadata);
+    }
+    if body_len > 0 {
+        encode_key(1000, WireType::LengthDelimited, &mut head);
+        encode_varint(body_len as u64, &mut head);
+    }
+    (head.freeze(), m.data_body.clone())
+}
+
+/// Response body: framed messages, then `grpc-status` trailers.
+struct GrpcBody {
+    messages: BoxStream<'static, Result<FlightData>>,
+    queue: VecDeque<Bytes>,
+    service: FlightNodeService,
+    done: bool,
+}
+
+impl GrpcBody {
+    fn new(messages: BoxStream<'static, Result<FlightData>>, service: FlightNodeService) -> Self {
+        Self {
+            messages,
+            queue: VecDeque::with_capacity(2),
+            service,
+            done: false,
+        }
+    }
+
+    fn trailers(status: &Status) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        if status.add_header(&mut map).is_err() {
+            map.insert("grpc-status", HeaderValue::from_static("13"));
+        }
+        map
+    }
+}
+
+impl Body for GrpcBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, Status>>> {
+        if let Some(chunk) = self.queue.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.messages.poll_next_unpin(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(m))) => {
+                let (head, body) = frame(&m);
+                self.service
+                    .record_sent((m.data_header.len() + body.len()) as u64);
+                if !body.is_empty() {
+                    self.queue.push_back(body);
+                }
+                Poll::Ready(Some(Ok(Frame::data(head))))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.done = true;
+                let status = Status::from(e);
+                Poll::Ready(Some(Ok(Frame::trailers(Self::trailers(&status)))))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(Some(Ok(Frame::trailers(Self::trailers(&Status::ok(""))))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.queue.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_decode_as_protobuf_flight_data() {
+        for (header, meta, body) in [
+            (vec![1u8; 10], vec![], vec![7u8; 300]),
+            (vec![2u8; 200], vec![3u8; 5], vec![]),
+            (vec![], vec![], vec![]),
+            (vec![4u8; 1], vec![], vec![9u8; 70_000]),
+        ] {
+            let m = FlightData {
+                flight_descriptor: None,
+                data_header: header.into(),
+                app_metadata: meta.into(),
+                data_body: body.into(),
+            };
+            let (head, body) = frame(&m);
+            let mut wire = head.to_vec();
+            wire.extend_from_slice(&body);
+            assert_eq!(wire[0], 0);
+            let len = u32::from_be_bytes([wire[1], wire[2], wire[3], wire[4]]) as usize;
+            assert_eq!(len, wire.len() - 5);
+            assert_eq!(len, m.encoded_len());
+            let back = FlightData::decode(&wire[5..]).unwrap();
+            assert_eq!(back, m);
+        }
+    }
+}
