@@ -1,0 +1,31 @@
+# Developer entry points. `make test` is what CI runs.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+CARGO ?= cargo
+
+.PHONY: run test test-rust test-python venv build fmt lint clean-data
+
+## run: start a standalone Flight node (gRPC :8815, HTTP :8816, data in ./data)
+run:
+	$(CARGO) run --release -p flight-node
+
+## venv: Python packages the tests need (pyarrow, pandas, pytest, moto_server)
+venv: $(VENV)/.installed
+$(VENV)/.installed: tests/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r tests/requirements.txt
+	touch $@
+
+build:
+	$(CARGO) build --workspace --bins
+
+## test: everything: Rust unit + integration tests (S3 via moto_server), Python interop
+test: venv build
+	MOTO_SERVER=$(abspath $(VENV))/bin/moto_server $(CARGO) test --workspace
+	FLIGHT_NODE_BIN=$(abspath target/debug/flight-node) $(VENV)/bin/python -m pytest -q tests/python
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings

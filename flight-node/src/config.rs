@@ -1,0 +1,182 @@
+//! Command-line flags, each also readable from a `FLIGHT_*` environment variable.
+//!
+//! The flags are part of the public interface: the operator's StatefulSet and users'
+//! scripts pass them. `flight-node` with no arguments runs the embedded default: gRPC on
+//! `0.0.0.0:8815`, HTTP on `0.0.0.0:8816`, data under `./data`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use clap::Parser;
+
+use crate::storage::StorageConfig;
+
+/// Storage-backed Apache Arrow Flight node.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "flight-node", version, about, long_about = None)]
+pub struct Config {
+    /// gRPC (Arrow Flight) listen address.
+    #[arg(long, env = "FLIGHT_LISTEN", default_value = "0.0.0.0:8815")]
+    pub listen: SocketAddr,
+
+    /// HTTP listen address: /healthz, /readyz, /metrics and CSV upload/export.
+    #[arg(long, env = "FLIGHT_HTTP_LISTEN", default_value = "0.0.0.0:8816")]
+    pub http_listen: SocketAddr,
+
+    /// Where datasets are stored: s3://bucket/prefix, file:///path, file://./relative, memory://.
+    #[arg(long, env = "FLIGHT_STORAGE_URL", default_value = "file://./data")]
+    pub storage_url: String,
+
+    /// S3 endpoint for MinIO or another S3-compatible server, e.g. http://minio:9000.
+    #[arg(long, env = "FLIGHT_STORAGE_ENDPOINT")]
+    pub storage_endpoint: Option<String>,
+
+    /// S3 region (AWS_REGION is also honoured).
+    #[arg(long, env = "FLIGHT_STORAGE_REGION")]
+    pub storage_region: Option<String>,
+
+    /// S3 access key id (AWS_ACCESS_KEY_ID is also honoured).
+    #[arg(long, env = "FLIGHT_STORAGE_ACCESS_KEY_ID", hide_env_values = true)]
+    pub storage_access_key_id: Option<String>,
+
+    /// S3 secret access key (AWS_SECRET_ACCESS_KEY is also honoured).
+    #[arg(long, env = "FLIGHT_STORAGE_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub storage_secret_access_key: Option<String>,
+
+    /// Allow plain-HTTP storage endpoints (typical for MinIO inside a cluster).
+    #[arg(long = "allow-http", env = "FLIGHT_STORAGE_ALLOW_HTTP")]
+    pub allow_http: bool,
+
+    /// Byte budget of the memory cache, e.g. 512MiB or 4GiB.
+    #[arg(long, env = "FLIGHT_MEMORY_LIMIT", default_value = "1GiB", value_parser = parse_size)]
+    pub memory_limit: u64,
+
+    /// YAML file of data contracts (see the `contract` module).
+    #[arg(long, env = "FLIGHT_CONTRACTS_FILE")]
+    pub contracts_file: Option<PathBuf>,
+
+    /// YAML file of bearer tokens and the namespaces each may use. Without it, no auth.
+    #[arg(long, env = "FLIGHT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// File holding the secret key that signs tickets (HMAC-SHA256). Without it, tickets
+    /// are unsigned.
+    #[arg(long, env = "FLIGHT_TICKET_KEY_FILE")]
+    pub ticket_key_file: Option<PathBuf>,
+
+    /// PEM certificate chain for TLS on the gRPC port.
+    #[arg(long, env = "FLIGHT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for TLS on the gRPC port.
+    #[arg(long, env = "FLIGHT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// URI other nodes and clients use to reach this node, e.g.
+    /// grpc://pool-0.pool-headless.ns.svc:8815. Used for placement.
+    #[arg(long, env = "FLIGHT_ADVERTISE_URI")]
+    pub advertise_uri: Option<String>,
+
+    /// YAML file listing the pool's nodes (`peers: [uri, ...]`); re-read when it changes.
+    #[arg(long, env = "FLIGHT_PEERS_FILE")]
+    pub peers_file: Option<PathBuf>,
+
+    /// Largest gRPC message accepted or sent.
+    #[arg(long, env = "FLIGHT_MAX_MESSAGE_SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub max_message_size: u64,
+
+    /// Largest upload (Arrow bytes received) accepted per DoPut or HTTP upload.
+    #[arg(long, env = "FLIGHT_MAX_UPLOAD_SIZE", default_value = "16GiB", value_parser = parse_size)]
+    pub max_upload_size: u64,
+
+    /// Most messages (record batches) accepted per upload.
+    #[arg(long, env = "FLIGHT_MAX_UPLOAD_BATCHES", default_value_t = 1_000_000)]
+    pub max_upload_batches: u64,
+
+    /// Arrow bytes per Parquet part: bounds an upload's memory and sets the unit of
+    /// parallel download.
+    #[arg(long, env = "FLIGHT_PART_SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub part_size: u64,
+
+    /// TTL for uploads that name none, e.g. 24h. Without it such uploads never expire.
+    #[arg(long, env = "FLIGHT_DEFAULT_TTL", value_parser = parse_duration)]
+    pub default_ttl: Option<Duration>,
+
+    /// Part files no manifest references are removed once older than this.
+    #[arg(long, env = "FLIGHT_ORPHAN_GRACE", default_value = "6h", value_parser = parse_duration)]
+    pub orphan_grace: Duration,
+
+    /// Log format: text or json.
+    #[arg(long, env = "FLIGHT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+impl Config {
+    pub fn storage(&self) -> StorageConfig {
+        StorageConfig {
+            url: self.storage_url.clone(),
+            endpoint: self.storage_endpoint.clone(),
+            region: self.storage_region.clone(),
+            access_key_id: self.storage_access_key_id.clone(),
+            secret_access_key: self.storage_secret_access_key.clone(),
+            allow_http: self.allow_http,
+        }
+    }
+
+    /// Defaults for tests: loopback on ephemeral ports, the given storage URL.
+    pub fn for_tests(storage_url: &str) -> Self {
+        let mut c = Self::parse_from(["flight-node"]);
+        c.listen = ([127, 0, 0, 1], 0).into();
+        c.http_listen = ([127, 0, 0, 1], 0).into();
+        c.storage_url = storage_url.to_string();
+        c
+    }
+}
+
+/// Parses sizes such as `64MiB`, `4GiB`, `1G` or a plain byte count.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("invalid size {s:?}: {e} (examples: 512MiB, 4GiB)"))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::ttl::parse_ttl(s).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_arguments_is_the_embedded_default() {
+        let c = Config::try_parse_from(["flight-node"]).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8815");
+        assert_eq!(c.http_listen.to_string(), "0.0.0.0:8816");
+        assert_eq!(c.storage_url, "file://./data");
+        assert_eq!(c.memory_limit, 1 << 30);
+        assert_eq!(c.max_message_size, 64 << 20);
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert!(parse_size("lots").is_err());
+        let c = Config::try_parse_from([
+            "flight-node",
+            "--default-ttl",
+            "6h",
+            "--memory-limit",
+            "2GiB",
+        ])
+        .unwrap();
+        assert_eq!(c.default_ttl, Some(Duration::from_secs(6 * 3600)));
+        assert_eq!(c.memory_limit, 2 << 30);
+        assert!(Config::try_parse_from(["flight-node", "--default-ttl", "-5m"]).is_err());
+        assert!(Config::try_parse_from(["flight-node", "--tls-cert", "x"]).is_err());
+    }
+}

@@ -1,0 +1,185 @@
+//! The node's one error type and its single mapping to gRPC status codes.
+
+use tonic::{Code, Status};
+
+/// Everything that can go wrong inside the node.
+///
+/// Each variant maps to exactly one gRPC code in [`From<Error> for Status`]; HTTP handlers
+/// map the same code to an HTTP status, so both front doors agree.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A client sent something malformed: a bad name, ticket, header or body.
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// The dataset or version does not exist (or has expired).
+    #[error("{0}")]
+    NotFound(String),
+
+    /// An upload does not match its data contract; nothing was stored.
+    #[error("data contract violation: {0}")]
+    ContractViolation(String),
+
+    /// No or an unknown bearer token.
+    #[error("{0}")]
+    Unauthenticated(String),
+
+    /// A valid token used for a namespace it is not bound to.
+    #[error("{0}")]
+    PermissionDenied(String),
+
+    /// A configured limit (upload size, batch count, message size) was exceeded.
+    #[error("{0}")]
+    ResourceExhausted(String),
+
+    /// The product does not offer this method.
+    #[error("{0}")]
+    Unimplemented(String),
+
+    /// A concurrent writer won a race the caller can retry.
+    #[error("{0}")]
+    Aborted(String),
+
+    /// The object store failed.
+    #[error("failed to {action}: {source}")]
+    Storage {
+        action: String,
+        #[source]
+        source: object_store::Error,
+    },
+
+    /// Arrow or Parquet failed to encode or decode data.
+    #[error("failed to {action}: {source}")]
+    Data {
+        action: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// Configuration could not be loaded; only raised at start-up or on reload.
+    #[error("{0}")]
+    Config(String),
+
+    /// A bug or an unexpected condition.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Self::InvalidArgument(msg.into())
+    }
+
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        Self::NotFound(msg.into())
+    }
+
+    pub fn storage(action: impl Into<String>, source: object_store::Error) -> Self {
+        Self::Storage {
+            action: action.into(),
+            source,
+        }
+    }
+
+    pub fn data(
+        action: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Data {
+            action: action.into(),
+            source: source.into(),
+        }
+    }
+
+    /// The gRPC code this error is reported with.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidArgument(_) | Error::ContractViolation(_) => Code::InvalidArgument,
+            Error::NotFound(_) => Code::NotFound,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::Unimplemented(_) => Code::Unimplemented,
+            Error::Aborted(_) => Code::Aborted,
+            Error::Storage { source, .. } => match source {
+                object_store::Error::NotFound { .. } => Code::NotFound,
+                _ => Code::Unavailable,
+            },
+            Error::Data { .. } | Error::Config(_) | Error::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// The HTTP status for the same failure, used by the HTTP side port.
+    pub fn http_status(&self) -> u16 {
+        match self.code() {
+            Code::InvalidArgument => 400,
+            Code::Unauthenticated => 401,
+            Code::PermissionDenied => 403,
+            Code::NotFound => 404,
+            Code::Aborted => 409,
+            Code::ResourceExhausted => 413,
+            Code::Unimplemented => 501,
+            Code::Unavailable => 503,
+            _ => 500,
+        }
+    }
+
+    /// Converts a status received on an inbound stream (e.g. tonic's message-size check)
+    /// into the node's error, keeping the code.
+    pub fn from_inbound(status: Status) -> Self {
+        let msg = status.message().to_string();
+        match status.code() {
+            // tonic reports an oversized message as OutOfRange; to clients that is a limit.
+            Code::OutOfRange | Code::ResourceExhausted => Error::ResourceExhausted(format!(
+                "{msg}; split the table into smaller record batches (pyarrow: \
+                 writer.write_table(table, max_chunksize=...)) or raise --max-message-size"
+            )),
+            Code::InvalidArgument => Error::InvalidArgument(msg),
+            Code::Cancelled => Error::Aborted(format!("upload cancelled by the client: {msg}")),
+            _ => Error::InvalidArgument(format!("failed to read the upload stream: {msg}")),
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        let code = err.code();
+        match code {
+            Code::Internal | Code::Unavailable => tracing::error!(error = %err, "request failed"),
+            Code::ResourceExhausted | Code::Aborted => {
+                tracing::warn!(error = %err, "request refused")
+            }
+            _ => tracing::debug!(error = %err, "request refused"),
+        }
+        Status::new(code, err.to_string())
+    }
+}
+
+impl From<arrow::error::ArrowError> for Error {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        Error::data("process Arrow data", e)
+    }
+}
+
+impl From<parquet::errors::ParquetError> for Error {
+    fn from(e: parquet::errors::ParquetError) -> Self {
+        Error::data("process Parquet data", e)
+    }
+}
+
+impl From<arrow_flight::error::FlightError> for Error {
+    fn from(e: arrow_flight::error::FlightError) -> Self {
+        use arrow_flight::error::FlightError;
+        match e {
+            FlightError::Tonic(status) => Error::from_inbound(*status),
+            FlightError::ProtocolError(m) | FlightError::DecodeError(m) => {
+                Error::InvalidArgument(format!("malformed Flight stream: {m}"))
+            }
+            FlightError::Arrow(e) => Error::InvalidArgument(format!("malformed Arrow data: {e}")),
+            other => Error::InvalidArgument(format!("malformed Flight stream: {other}")),
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The HTTP side port: probes, metrics, CSV upload and CSV/JSON export.
+//!
+//! * `GET /healthz` — the process is alive.
+//! * `GET /readyz` — the storage answers.
+//! * `GET /metrics` — Prometheus text.
+//! * `POST /v1/datasets/{namespace}/{name}` — body `text/csv` with a header row, streamed
+//!   into a new version (never held whole in memory). Query: `ttl`, `contract`,
+//!   `delimiter` (the `x-flight-ttl` / `x-flight-contract` headers work too). Answers
+//!   `201` with the same JSON as a Flight `PutResult`.
+//! * `GET /v1/datasets/{namespace}/{name}?format=csv|json[&version=N]` — exports the newest
+//!   (or a given) version as CSV or a JSON array of records, streamed.
+//!
+//! Authentication is the same bearer token as on the Flight port.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::{StreamExt, TryStreamExt};
+use serde::Deserialize;
+
+use crate::auth::Auth;
+use crate::error::{Error, Result};
+use crate::name::DatasetId;
+use crate::node::{Node, PutOptions};
+use crate::service::{CONTRACT_HEADER, TTL_HEADER};
+use crate::ticket::Ticket;
+
+#[derive(Clone)]
+struct AppState {
+    node: Arc<Node>,
+    auth: Arc<Auth>,
+}
+
+/// The HTTP router.
+pub fn router(node: Arc<Node>, auth: Arc<Auth>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/datasets/{namespace}/{name}", get(export).post(upload))
+        .with_state(AppState { node, auth })
+}
+
+struct HttpError(Error);
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(error = %self.0, "HTTP request failed");
+        }
+        let body = serde_json::json!({ "error": self.0.to_string(), "code": format!("{:?}", self.0.code()) });
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<Error> for HttpError {
+    fn from(e: Error) -> Self {
+        Self(e)
+    }
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    let store = s.node.storage().object_store();
+    match tokio::time::timeout(Duration::from_secs(5), store.list_with_delimiter(None)).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("storage unavailable: {e}\n"),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage did not answer within 5s\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let text = s.node.metrics().render(&s.node.cache().stats());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+fn authorize(s: &AppState, headers: &HeaderMap, namespace: &str) -> Result<()> {
+    let h = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    s.auth.authenticate(h)?.check(namespace)
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    ttl: Option<String>,
+    contract: Option<String>,
+    delimiter: Option<char>,
+}
+
+async fn upload(
+    State(s): State<AppState>,
+    Path((namespace, name)): Path<(String, String)>,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> std::result::Result<Response, HttpError> {
+    let id = DatasetId::new(namespace, name)?;
+    authorize(&s, &headers, id.namespace())?;
+    let header_text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let ttl = q.ttl.or_else(|| header_text(TTL_HEADER));
+    let contract = q.contract.or_else(|| header_text(CONTRACT_HEADER));
+    let delimiter = q.delimiter.unwrap_or(',');
+    if !delimiter.is_ascii() {
+        return Err(Error::invalid("the delimiter must be one ASCII character").into());
+    }
+    let opts = PutOptions {
+        ttl: ttl.as_deref().map(crate::ttl::parse_ttl).transpose()?,
+        contract,
+        source: "http".into(),
+    };
+    let stream = body.into_data_stream();
+    let result = s.node.put_csv(id, opts, delimiter as u8, stream).await;
+    s.node.metrics().record_request(
+        "HttpUpload",
+        result
+            .as_ref()
+            .map_or_else(Error::code, |_| tonic::Code::Ok),
+    );
+    let manifest = result?;
+    let put = manifest.put_result(s.node.signer())?;
+    Ok((StatusCode::CREATED, Json(put)).into_response())
+}
+
+#[derive(Deserialize)]
+struct ExportQuery {
+    format: Option<String>,
+    version: Option<u64>,
+}
+
+async fn export(
+    State(s): State<AppState>,
+    Path((namespace, name)): Path<(String, String)>,
+    Query(q): Query<ExportQuery>,
+    headers: HeaderMap,
+) -> std::result::Result<Response, HttpError> {
+    let id = DatasetId::new(namespace, name)?;
+    authorize(&s, &headers, id.namespace())?;
+    let manifest = match q.version {
+        Some(v) => s.node.resolve(&Ticket::new(id, v)).await?,
+        None => s.node.latest(&id).await?,
+    };
+    let format = q.format.as_deref().unwrap_or("csv");
+    let batches = s.node.batches(&manifest);
+    let (content_type, body) = match format {
+        "csv" => ("text/csv", csv_body(batches)),
+        "json" => ("application/json", json_body(batches)),
+        other => {
+            return Err(Error::invalid(format!("unknown format {other:?}; use csv or json")).into())
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+fn csv_body(batches: futures::stream::BoxStream<'static, Result<RecordBatch>>) -> Body {
+    let mut first = true;
+    let stream = batches.map(move |b| {
+        let batch = b?;
+        let mut out = Vec::new();
+        let mut w = arrow::csv::WriterBuilder::new()
+            .with_header(first)
+            .build(&mut out);
+        w.write(&batch)?;
+        drop(w);
+        first = false;
+        Ok::<_, Error>(Bytes::from(out))
+    });
+    Body::from_stream(stream.map_err(|e| std::io::Error::other(e.to_string())))
+}
+
+fn json_body(batches: futures::stream::BoxStream<'static, Result<RecordBatch>>) -> Body {
+    let mut first = true;
+    let records = batches.map(move |b| {
+        let batch = b?;
+        let mut out = Vec::new();
+        let mut w = arrow::json::ArrayWriter::new(&mut out);
+        w.write(&batch)?;
+        w.finish()?;
+        drop(w);
+        // Each batch is written as `[...]`; splice them into one array.
+        let inner = out
+            .strip_prefix(b"[")
+            .and_then(|o| o.strip_suffix(b"]"))
+            .unwrap_or(&out);
+        let mut chunk = Vec::with_capacity(inner.len() + 1);
+        if !inner.is_empty() {
+            if !first {
+                chunk.push(b',');
+            }
+            first = false;
+            chunk.extend_from_slice(inner);
+        }
+        Ok::<_, Error>(Bytes::from(chunk))
+    });
+    let stream = futures::stream::once(async { Ok(Bytes::from_static(b"[")) })
+        .chain(records)
+        .chain(futures::stream::once(async {
+            Ok(Bytes::from_static(b"]"))
+        }));
+    Body::from_stream(stream.map_err(|e: Error| std::io::Error::other(e.to_string())))
+}

@@ -1,0 +1,841 @@
+//! The node's domain logic, shared by the Flight service and the HTTP side port: ingest,
+//! resolve, serve, list, delete, evict, load, renew and stats. Nothing here knows gRPC.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
+use arrow::datatypes::SchemaRef;
+use arrow_flight::FlightData;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::{self, BoxStream};
+use futures::{Stream, StreamExt, TryStreamExt};
+use lru::LruCache;
+use object_store::path::Path;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+use ulid::Ulid;
+
+use crate::cache::{encode_part, Cache, CacheKey, CacheStats, EncodedPart, EncodedTable};
+use crate::config::Config;
+use crate::contract::{Contract, Contracts};
+use crate::error::{Error, Result};
+use crate::manifest::{self, Manifest, PartInfo, MANIFEST_FORMAT};
+use crate::metrics::Metrics;
+use crate::name::DatasetId;
+use crate::placement::Placement;
+use crate::storage::Storage;
+use crate::ticket::{Ticket, TicketSigner};
+
+/// Target size of one Flight message sent by `DoGet`. Large messages mean fewer gRPC
+/// frames per byte; it stays well below the default maximum message size.
+pub const TARGET_MESSAGE_SIZE: usize = 16 << 20;
+/// Rows per batch when decoding Parquet.
+const READ_BATCH_ROWS: usize = 64 * 1024;
+/// Parts fetched from storage at once when loading a version.
+const LOAD_PARALLELISM: usize = 2;
+
+/// Limits and defaults of the data path.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub part_size: usize,
+    pub max_message_size: usize,
+    pub max_upload_size: u64,
+    pub max_upload_batches: u64,
+    pub default_ttl: Option<Duration>,
+}
+
+impl Limits {
+    pub fn from_config(c: &Config) -> Self {
+        Self {
+            part_size: usize::try_from(c.part_size).unwrap_or(usize::MAX).max(1),
+            max_message_size: usize::try_from(c.max_message_size).unwrap_or(usize::MAX),
+            max_upload_size: c.max_upload_size,
+            max_upload_batches: c.max_upload_batches,
+            default_ttl: c.default_ttl,
+        }
+    }
+
+    fn message_target(&self) -> usize {
+        TARGET_MESSAGE_SIZE
+            .min(self.max_message_size / 2)
+            .max(64 * 1024)
+    }
+}
+
+/// Options of one upload (from `x-flight-ttl` / `x-flight-contract` or query parameters).
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    pub ttl: Option<Duration>,
+    pub contract: Option<String>,
+    /// `flight`, `http` or the source object of a `load`.
+    pub source: String,
+}
+
+/// Body of the `load` action: ingest an object from the node's storage as a new version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoadRequest {
+    pub namespace: String,
+    pub name: String,
+    /// Object path relative to the storage root, or a URL under the storage URL.
+    pub source: String,
+    /// `csv` or `parquet`; guessed from the extension when absent.
+    #[serde(default)]
+    pub format: Option<String>,
+    #[serde(default)]
+    pub ttl: Option<String>,
+    #[serde(default)]
+    pub contract: Option<String>,
+    /// CSV field delimiter (default `,`).
+    #[serde(default)]
+    pub delimiter: Option<char>,
+}
+
+/// Body of the `delete` and `evict` actions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DatasetRef {
+    #[serde(default = "default_ns")]
+    pub namespace: String,
+    pub name: String,
+    #[serde(default)]
+    pub version: Option<u64>,
+}
+
+fn default_ns() -> String {
+    crate::name::DEFAULT_NAMESPACE.to_string()
+}
+
+/// The `stats` action's answer.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStats {
+    pub node: Option<String>,
+    pub storage_url: String,
+    #[serde(flatten)]
+    pub cache: CacheStats,
+}
+
+/// Shared state of a running node.
+pub struct Node {
+    storage: Storage,
+    cache: Cache,
+    contracts: Contracts,
+    signer: Option<TicketSigner>,
+    placement: Placement,
+    limits: Limits,
+    metrics: Metrics,
+    manifests: Mutex<LruCache<CacheKey, Arc<Manifest>>>,
+    loading: Mutex<HashMap<CacheKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("storage", &self.storage.url())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    pub fn new(
+        storage: Storage,
+        cache_limit: usize,
+        contracts: Contracts,
+        signer: Option<TicketSigner>,
+        placement: Placement,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            storage,
+            cache: Cache::new(cache_limit),
+            contracts,
+            signer,
+            placement,
+            limits,
+            metrics: Metrics::new(),
+            manifests: Mutex::new(LruCache::new(
+                NonZeroUsize::new(16_384).unwrap_or(NonZeroUsize::MIN),
+            )),
+            loading: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Builds a node from its flags (reads the contracts, key and peers files).
+    pub fn from_config(c: &Config) -> Result<Self> {
+        let storage = Storage::open(&c.storage())?;
+        let contracts = match &c.contracts_file {
+            Some(p) => Contracts::from_file(p)?,
+            None => Contracts::default(),
+        };
+        let signer = match &c.ticket_key_file {
+            Some(p) => {
+                let key = std::fs::read(p).map_err(|e| {
+                    Error::Config(format!(
+                        "failed to read ticket key file {}: {e}",
+                        p.display()
+                    ))
+                })?;
+                Some(TicketSigner::new(trim_ascii(&key).to_vec())?)
+            }
+            None => None,
+        };
+        let placement = Placement::new(c.advertise_uri.clone(), c.peers_file.clone())?;
+        let cache_limit = usize::try_from(c.memory_limit).unwrap_or(usize::MAX);
+        Ok(Self::new(
+            storage,
+            cache_limit,
+            contracts,
+            signer,
+            placement,
+            Limits::from_config(c),
+        ))
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn signer(&self) -> Option<&TicketSigner> {
+        self.signer.as_ref()
+    }
+
+    pub fn contract(&self, name: &str) -> Result<Arc<Contract>> {
+        self.contracts.get(name)
+    }
+
+    // ----- ingest -------------------------------------------------------------------
+
+    /// Stores a stream of batches as a new version: Parquet parts written as the batches
+    /// arrive (memory bounded by the part size), then the manifest committed create-only,
+    /// then the table cached. Returns only after the version is durable. On any error the
+    /// parts already written are removed and nothing is visible.
+    pub async fn put<S>(
+        &self,
+        id: DatasetId,
+        opts: PutOptions,
+        schema: SchemaRef,
+        batches: S,
+    ) -> Result<Manifest>
+    where
+        S: Stream<Item = Result<RecordBatch>> + Send,
+    {
+        let contract = opts
+            .contract
+            .as_deref()
+            .map(|c| self.contracts.get(c))
+            .transpose()?;
+        if let Some(c) = &contract {
+            c.check_schema(&schema)?;
+        }
+        let upload_id = Ulid::new().to_string();
+        let mut w = PartWriter::new(
+            self,
+            id.clone(),
+            upload_id.clone(),
+            schema.clone(),
+            contract.clone(),
+        );
+        let written = async {
+            futures::pin_mut!(batches);
+            while let Some(batch) = batches.next().await {
+                w.push(batch?).await?;
+            }
+            w.flush().await
+        }
+        .await;
+        if let Err(e) = written {
+            self.storage.delete_quietly(&w.written).await;
+            return Err(e);
+        }
+
+        let created_at = Utc::now();
+        let ttl = opts.ttl.or(self.limits.default_ttl);
+        let expires_at = match ttl {
+            Some(ttl) => Some(crate::ttl::expires_at(created_at, ttl).ok_or_else(|| {
+                Error::invalid("the TTL is too long to represent an expiry time")
+            })?),
+            None => None,
+        };
+        let mut manifest = Manifest {
+            format: MANIFEST_FORMAT.into(),
+            namespace: id.namespace().into(),
+            name: id.name().into(),
+            version: 0,
+            upload_id,
+            schema: manifest::encode_schema(&schema)?,
+            columns: manifest::columns(&schema),
+            rows: w.rows,
+            bytes: w.parts.iter().map(|p| p.bytes).sum(),
+            stored_bytes: w.parts.iter().map(|p| p.stored_bytes).sum(),
+            parts: std::mem::take(&mut w.parts),
+            contract: contract.map(|c| c.name.clone()),
+            created_at,
+            ttl_seconds: ttl.map(|t| t.as_secs()),
+            expires_at,
+            source: opts.source,
+        };
+        if let Err(e) = self.storage.commit(&mut manifest).await {
+            self.storage.delete_quietly(&w.written).await;
+            return Err(e);
+        }
+        let key = (id, manifest.version);
+        self.remember(key.clone(), manifest.clone());
+        if let Some(parts) = w.encoded.take() {
+            match EncodedTable::new(schema, parts) {
+                Ok(t) => {
+                    self.cache.insert(key, Arc::new(t));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "failed to cache an upload; it will load on first read")
+                }
+            }
+        }
+        self.metrics.record_upload(manifest.rows, manifest.bytes);
+        tracing::info!(
+            dataset = %manifest.dataset()?, version = manifest.version, rows = manifest.rows,
+            bytes = manifest.bytes, parts = manifest.parts.len(), "committed upload"
+        );
+        Ok(manifest)
+    }
+
+    /// Ingests CSV bytes (header row first) as a new version. Parsing runs on a blocking
+    /// thread fed by the stream, so the body is never held whole in memory. With a
+    /// contract, its schema is used to parse; otherwise the schema is inferred from the
+    /// first megabyte.
+    pub async fn put_csv<S, E>(
+        &self,
+        id: DatasetId,
+        opts: PutOptions,
+        delimiter: u8,
+        body: S,
+    ) -> Result<Manifest>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let contract_schema = match &opts.contract {
+            Some(c) => Some(Arc::new(self.contracts.get(c)?.schema())),
+            None => None,
+        };
+        let (schema_tx, schema_rx) = tokio::sync::oneshot::channel();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(2);
+        let reader =
+            tokio_util::io::StreamReader::new(Box::pin(body.map_err(std::io::Error::other)));
+        let parser = tokio::task::spawn_blocking(move || {
+            crate::csv::parse(reader, contract_schema, delimiter, schema_tx, tx)
+        });
+        let schema = match schema_rx.await {
+            Ok(schema) => schema?,
+            Err(_) => {
+                return Err(match parser.await {
+                    Ok(Err(e)) => e,
+                    _ => Error::Internal("the CSV parser stopped without a schema".into()),
+                })
+            }
+        };
+        let batches = tokio_stream::wrappers::ReceiverStream::new(rx);
+        self.put(id, opts, schema, batches).await
+    }
+
+    /// The `load` action: ingests a CSV or Parquet object from the node's storage.
+    pub async fn load(&self, req: LoadRequest) -> Result<Manifest> {
+        let id = DatasetId::new(req.namespace.as_str(), req.name.as_str())?;
+        let path = self.source_path(&req.source)?;
+        let format = match req.format.as_deref() {
+            Some(f) => f.to_ascii_lowercase(),
+            None if path.as_ref().ends_with(".parquet") => "parquet".into(),
+            None if path.as_ref().ends_with(".csv") => "csv".into(),
+            None => {
+                return Err(Error::invalid(format!(
+                    "cannot tell the format of {path}; set format to csv or parquet"
+                )))
+            }
+        };
+        let size = self.storage.object_size(&path).await?;
+        if size > self.limits.max_upload_size {
+            return Err(Error::ResourceExhausted(format!(
+                "source {path} is {size} bytes, above the upload limit of {} bytes",
+                self.limits.max_upload_size
+            )));
+        }
+        let opts = PutOptions {
+            ttl: req.ttl.as_deref().map(crate::ttl::parse_ttl).transpose()?,
+            contract: req.contract.clone(),
+            source: req.source.clone(),
+        };
+        match format.as_str() {
+            "csv" => {
+                let delimiter = req.delimiter.unwrap_or(',');
+                if !delimiter.is_ascii() {
+                    return Err(Error::invalid(
+                        "the CSV delimiter must be one ASCII character",
+                    ));
+                }
+                let body = self
+                    .storage
+                    .object_store()
+                    .get_opts(&path, Default::default())
+                    .await
+                    .map_err(|e| Error::storage(format!("read {path}"), e))?
+                    .into_stream();
+                self.put_csv(id, opts, delimiter as u8, body).await
+            }
+            "parquet" => {
+                let bytes = self.storage.get_object(&path).await?;
+                let builder =
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                        .map_err(|e| {
+                        Error::invalid(format!("source {path} is not a readable Parquet file: {e}"))
+                    })?;
+                let schema = builder.schema().clone();
+                let reader = builder
+                    .with_batch_size(READ_BATCH_ROWS)
+                    .build()
+                    .map_err(|e| {
+                        Error::invalid(format!("failed to read Parquet source {path}: {e}"))
+                    })?;
+                let batches = stream::iter(reader.map(|r| {
+                    r.map_err(|e| Error::invalid(format!("failed to decode Parquet source: {e}")))
+                }));
+                self.put(id, opts, schema, batches).await
+            }
+            other => Err(Error::invalid(format!(
+                "unknown source format {other:?}; use csv or parquet"
+            ))),
+        }
+    }
+
+    fn source_path(&self, source: &str) -> Result<Path> {
+        let base = self.storage.url().trim_end_matches('/');
+        let rel = if let Some(rest) = source.strip_prefix(base) {
+            rest.trim_start_matches('/')
+        } else if source.contains("://") {
+            return Err(Error::invalid(format!(
+                "source {source:?} is outside this node's storage {base:?}; give a path relative to it"
+            )));
+        } else {
+            source.trim_start_matches('/')
+        };
+        Path::parse(rel).map_err(|e| Error::invalid(format!("invalid source path {source:?}: {e}")))
+    }
+
+    // ----- read ---------------------------------------------------------------------
+
+    fn remember(&self, key: CacheKey, manifest: Manifest) -> Arc<Manifest> {
+        let m = Arc::new(manifest);
+        self.manifests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(key, Arc::clone(&m));
+        m
+    }
+
+    /// The manifest a ticket pins; `NotFound` when it does not exist or has expired.
+    pub async fn resolve(&self, ticket: &Ticket) -> Result<Arc<Manifest>> {
+        let key = (ticket.dataset.clone(), ticket.version);
+        let known = self
+            .manifests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        let mut manifest = match known {
+            Some(m) => m,
+            None => self.remember(
+                key.clone(),
+                self.storage.read_manifest(&key.0, key.1).await?,
+            ),
+        };
+        let now = Utc::now();
+        if manifest.is_expired(now) {
+            // Another node may have renewed the lease: check the stored manifest.
+            manifest = self.remember(
+                key.clone(),
+                self.storage.read_manifest(&key.0, key.1).await?,
+            );
+            if manifest.is_expired(now) {
+                return Err(Error::not_found(format!(
+                    "version {} of dataset {} expired at {}",
+                    key.1,
+                    key.0,
+                    manifest
+                        .expires_at
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_default()
+                )));
+            }
+        }
+        if let Some(part) = ticket.part {
+            if part as usize >= manifest.parts.len() {
+                return Err(Error::not_found(format!(
+                    "version {} of dataset {} has no part {part}",
+                    key.1, key.0
+                )));
+            }
+        }
+        Ok(manifest)
+    }
+
+    /// The newest unexpired version of a dataset.
+    pub async fn latest(&self, id: &DatasetId) -> Result<Arc<Manifest>> {
+        let m = self.storage.latest_manifest(id, Utc::now()).await?;
+        Ok(self.remember((id.clone(), m.version), m))
+    }
+
+    /// The Flight messages of a version (or one part), schema first. Served from memory;
+    /// on a miss the version is loaded from Parquet once (concurrent readers wait for that
+    /// one load) and cached, or streamed part by part when it cannot fit the cache.
+    pub async fn stream(
+        &self,
+        manifest: &Manifest,
+        part: Option<u32>,
+    ) -> Result<BoxStream<'static, Result<FlightData>>> {
+        let id = manifest.dataset()?;
+        let key = (id, manifest.version);
+        let part = part.map(|p| p as usize);
+        if let Some(t) = self.cache.get(&key) {
+            return Ok(stream::iter(t.messages(part).map(Ok)).boxed());
+        }
+        let estimate = usize::try_from(manifest.bytes).unwrap_or(usize::MAX);
+        if self.cache.fits(estimate) {
+            let lock = self.load_lock(&key);
+            let guard = lock.lock().await;
+            let table = match self.cache.get(&key) {
+                Some(t) => t,
+                None => {
+                    let t = Arc::new(self.load_table(manifest).await?);
+                    self.cache.insert(key.clone(), Arc::clone(&t));
+                    t
+                }
+            };
+            drop(guard);
+            self.loading
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            return Ok(stream::iter(table.messages(part).map(Ok)).boxed());
+        }
+        // Too large for memory: stream part by part, one part resident at a time.
+        let schema = manifest.arrow_schema()?;
+        let head = crate::cache::schema_message(&schema)?;
+        let parts: Vec<PartInfo> = match part {
+            Some(p) => vec![manifest.parts[p].clone()],
+            None => manifest.parts.clone(),
+        };
+        let storage = self.storage.clone();
+        let target = self.limits.message_target();
+        let body = stream::iter(parts)
+            .then(move |p| {
+                let storage = storage.clone();
+                let schema = schema.clone();
+                async move {
+                    let batches = storage.read_part(&p, READ_BATCH_ROWS).await?;
+                    let encoded = blocking(move || encode_part(&schema, &batches, target)).await?;
+                    Ok::<_, Error>(stream::iter(encoded.messages.into_iter().map(Ok)))
+                }
+            })
+            .try_flatten();
+        Ok(stream::once(async { Ok(head) }).chain(body).boxed())
+    }
+
+    fn load_lock(&self, key: &CacheKey) -> Arc<tokio::sync::Mutex<()>> {
+        let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(loading.entry(key.clone()).or_default())
+    }
+
+    async fn load_table(&self, manifest: &Manifest) -> Result<EncodedTable> {
+        let schema = manifest.arrow_schema()?;
+        let target = self.limits.message_target();
+        let parts: Vec<EncodedPart> = stream::iter(manifest.parts.clone())
+            .map(|p| {
+                let storage = self.storage.clone();
+                let schema = schema.clone();
+                async move {
+                    let batches = storage.read_part(&p, READ_BATCH_ROWS).await?;
+                    blocking(move || encode_part(&schema, &batches, target)).await
+                }
+            })
+            .buffered(LOAD_PARALLELISM)
+            .try_collect()
+            .await?;
+        tracing::info!(dataset = %manifest.dataset()?, version = manifest.version, "loaded from storage into memory");
+        EncodedTable::new(schema, parts)
+    }
+
+    /// Record batches of a version (for the HTTP export), part by part.
+    pub fn batches(&self, manifest: &Manifest) -> BoxStream<'static, Result<RecordBatch>> {
+        let storage = self.storage.clone();
+        let cached = manifest
+            .dataset()
+            .ok()
+            .and_then(|id| self.cache.get(&(id, manifest.version)));
+        match cached {
+            Some(t) => {
+                let msgs: Vec<FlightData> = t.messages(None).collect();
+                let decoded =
+                    arrow_flight::utils::flight_data_to_batches(&msgs).map_err(Error::from);
+                stream::iter(match decoded {
+                    Ok(b) => b.into_iter().map(Ok).collect::<Vec<_>>(),
+                    Err(e) => vec![Err(e)],
+                })
+                .boxed()
+            }
+            None => stream::iter(manifest.parts.clone())
+                .then(move |p| {
+                    let storage = storage.clone();
+                    async move { storage.read_part(&p, READ_BATCH_ROWS).await }
+                })
+                .map_ok(|b| stream::iter(b.into_iter().map(Ok)))
+                .try_flatten()
+                .boxed(),
+        }
+    }
+
+    /// Newest unexpired version of every dataset (optionally in one namespace).
+    pub async fn list(&self, namespace: Option<&str>) -> Result<Vec<Arc<Manifest>>> {
+        let mut out = Vec::new();
+        for id in self.storage.list_datasets(namespace).await? {
+            match self.latest(&id).await {
+                Ok(m) => out.push(m),
+                Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    // ----- lifecycle ----------------------------------------------------------------
+
+    /// Deletes one version or the whole dataset from storage and memory.
+    pub async fn delete(&self, id: &DatasetId, version: Option<u64>) -> Result<Vec<u64>> {
+        let deleted = match version {
+            Some(v) => {
+                self.storage.delete_version(id, v).await?;
+                vec![v]
+            }
+            None => self.storage.delete_dataset(id).await?,
+        };
+        self.evict(id, version);
+        tracing::info!(dataset = %id, versions = ?deleted, "deleted");
+        Ok(deleted)
+    }
+
+    /// Drops a dataset (or one version) from memory only.
+    pub fn evict(&self, id: &DatasetId, version: Option<u64>) -> usize {
+        let mut manifests = self.manifests.lock().unwrap_or_else(|p| p.into_inner());
+        let keys: Vec<CacheKey> = manifests
+            .iter()
+            .map(|(k, _)| k.clone())
+            .filter(|(d, v)| d == id && version.is_none_or(|want| *v == want))
+            .collect();
+        for k in keys {
+            manifests.pop(&k);
+        }
+        drop(manifests);
+        self.cache.evict(id, version)
+    }
+
+    /// Extends the lease of a version to `expires_at`; refused once it has expired.
+    pub async fn renew(&self, ticket: &Ticket, expires_at: DateTime<Utc>) -> Result<Arc<Manifest>> {
+        let current = self.resolve(ticket).await?;
+        if expires_at <= Utc::now() {
+            return Err(Error::invalid(
+                "the new expiration time must be in the future",
+            ));
+        }
+        let mut m = (*current).clone();
+        m.expires_at = Some(expires_at);
+        self.storage.rewrite_manifest(&m).await?;
+        tracing::info!(dataset = %ticket.dataset, version = ticket.version, %expires_at, "renewed lease");
+        Ok(self.remember((ticket.dataset.clone(), ticket.version), m))
+    }
+
+    pub fn stats(&self) -> NodeStats {
+        NodeStats {
+            node: self.placement.advertise_uri().map(str::to_string),
+            storage_url: self.storage.url().to_string(),
+            cache: self.cache.stats(),
+        }
+    }
+}
+
+/// Runs CPU-bound work off the async runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("worker task failed: {e}")))?
+}
+
+fn trim_ascii(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+/// Accumulates an upload into Parquet parts.
+struct PartWriter<'a> {
+    node: &'a Node,
+    id: DatasetId,
+    upload_id: String,
+    schema: SchemaRef,
+    contract: Option<Arc<Contract>>,
+    pending: Vec<RecordBatch>,
+    pending_bytes: usize,
+    batches: u64,
+    rows: u64,
+    arrow_bytes: u64,
+    parts: Vec<PartInfo>,
+    written: Vec<Path>,
+    /// Encoded parts for the cache while the upload still fits it.
+    encoded: Option<Vec<EncodedPart>>,
+    encoded_bytes: usize,
+}
+
+impl<'a> PartWriter<'a> {
+    fn new(
+        node: &'a Node,
+        id: DatasetId,
+        upload_id: String,
+        schema: SchemaRef,
+        contract: Option<Arc<Contract>>,
+    ) -> Self {
+        Self {
+            node,
+            id,
+            upload_id,
+            schema,
+            contract,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            batches: 0,
+            rows: 0,
+            arrow_bytes: 0,
+            parts: Vec::new(),
+            written: Vec::new(),
+            encoded: Some(Vec::new()),
+            encoded_bytes: 0,
+        }
+    }
+
+    async fn push(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.schema().fields() != self.schema.fields() {
+            return Err(Error::invalid(
+                "a record batch's schema differs from the upload's schema; one upload has one schema",
+            ));
+        }
+        if let Some(c) = &self.contract {
+            c.check_batch(&batch)?;
+        }
+        self.batches += 1;
+        let limits = &self.node.limits;
+        if self.batches > limits.max_upload_batches {
+            return Err(Error::ResourceExhausted(format!(
+                "upload has more than {} record batches; send fewer, larger batches",
+                limits.max_upload_batches
+            )));
+        }
+        let size = batch.get_array_memory_size();
+        self.arrow_bytes += size as u64;
+        if self.arrow_bytes > limits.max_upload_size {
+            return Err(Error::ResourceExhausted(format!(
+                "upload exceeds the maximum upload size of {} bytes",
+                limits.max_upload_size
+            )));
+        }
+        self.rows += batch.num_rows() as u64;
+        self.pending_bytes += size;
+        self.pending.push(batch);
+        if self.pending_bytes >= limits.part_size {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the pending batches as the next part.
+    async fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batches = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        let schema = self.schema.clone();
+        let want_encoded = self.encoded.is_some();
+        let target = self.node.limits.message_target();
+        let (parquet, rows, bytes, encoded) = blocking(move || {
+            // Coalesce small batches (a flood of one-row batches) into one; large ones stay.
+            let batch = if batches.len() == 1 {
+                batches
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| Error::Internal("no batch".into()))?
+            } else {
+                concat_batches(&schema, &batches)?
+            };
+            let rows = batch.num_rows() as u64;
+            let bytes = batch.get_array_memory_size() as u64;
+            let props = WriterProperties::builder()
+                .set_compression(Compression::SNAPPY)
+                .build();
+            let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))?;
+            writer.write(&batch)?;
+            let parquet = Bytes::from(writer.into_inner()?);
+            let encoded = if want_encoded {
+                Some(encode_part(&schema, std::slice::from_ref(&batch), target)?)
+            } else {
+                None
+            };
+            Ok((parquet, rows, bytes, encoded))
+        })
+        .await?;
+        let path = Storage::part_path(&self.id, &self.upload_id, self.parts.len());
+        let stored_bytes = parquet.len() as u64;
+        self.written.push(path.clone());
+        self.node.storage.put(&path, parquet).await?;
+        self.parts.push(PartInfo {
+            path: path.to_string(),
+            rows,
+            bytes,
+            stored_bytes,
+        });
+        if let (Some(list), Some(part)) = (self.encoded.as_mut(), encoded) {
+            self.encoded_bytes += part.bytes;
+            if self.node.cache.fits(self.encoded_bytes) {
+                list.push(part);
+            } else {
+                // Too large to cache: it will be served from storage.
+                self.encoded = None;
+            }
+        }
+        Ok(())
+    }
+}

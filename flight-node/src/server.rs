@@ -1,0 +1,174 @@
+//! Starts the gRPC and HTTP servers of a node and stops them gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use chrono::Utc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::node::Node;
+use crate::service::FlightNodeService;
+
+/// How often the peers file is re-read and orphans are looked for.
+const PEERS_RELOAD: Duration = Duration::from_secs(10);
+const ORPHAN_SWEEP: Duration = Duration::from_secs(600);
+/// HTTP/2 flow-control windows: large enough that a multi-megabyte Flight message is never
+/// stalled waiting for window updates on loopback or a pod network.
+const STREAM_WINDOW: u32 = 16 << 20;
+const CONNECTION_WINDOW: u32 = 32 << 20;
+
+/// A node serving on bound sockets.
+pub struct RunningNode {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub node: Arc<Node>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<Result<()>>>,
+}
+
+impl RunningNode {
+    /// Stops accepting, lets in-flight calls finish, and waits for the servers to end.
+    pub async fn shutdown(mut self) -> Result<()> {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks.drain(..) {
+            t.await
+                .map_err(|e| Error::Internal(format!("server task failed: {e}")))??;
+        }
+        Ok(())
+    }
+
+    /// The gRPC URI clients use (`grpc://127.0.0.1:port`).
+    pub fn grpc_uri(&self) -> String {
+        format!("grpc://{}", self.grpc_addr)
+    }
+}
+
+/// Binds both ports and starts serving in background tasks.
+pub async fn start(config: Config) -> Result<RunningNode> {
+    let auth = Arc::new(match &config.token_file {
+        Some(p) => Auth::from_file(p)?,
+        None => Auth::disabled(),
+    });
+    let node = Arc::new(Node::from_config(&config)?);
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p)
+                    .map_err(|e| Error::Config(format!("failed to read {}: {e}", p.display())))
+            };
+            Some(ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?)))
+        }
+        _ => None,
+    };
+    let bind = |addr: SocketAddr, what: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Config(format!("failed to bind the {what} port {addr}: {e}")))
+    };
+    let grpc = bind(config.listen, "gRPC").await?;
+    let http = bind(config.http_listen, "HTTP").await?;
+    let grpc_addr = grpc
+        .local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let http_addr = http
+        .local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let (shutdown, rx) = watch::channel(false);
+
+    let max_message = usize::try_from(config.max_message_size).unwrap_or(usize::MAX);
+    let service =
+        FlightServiceServer::new(FlightNodeService::new(Arc::clone(&node), Arc::clone(&auth)))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
+    let mut builder = Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(1 << 20);
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| Error::Config(format!("invalid TLS certificate or key: {e}")))?;
+    }
+    let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
+    let grpc_task = tokio::spawn({
+        let rx = rx.clone();
+        async move {
+            builder
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, wait(rx))
+                .await
+                .map_err(|e| Error::Internal(format!("gRPC server failed: {e}")))
+        }
+    });
+    let app = crate::http::router(Arc::clone(&node), Arc::clone(&auth));
+    let http_task = tokio::spawn({
+        let rx = rx.clone();
+        async move {
+            axum::serve(http, app)
+                .with_graceful_shutdown(wait(rx))
+                .await
+                .map_err(|e| Error::Internal(format!("HTTP server failed: {e}")))
+        }
+    });
+    let housekeeping = tokio::spawn(housekeeping(Arc::clone(&node), config.orphan_grace, rx));
+    tracing::info!(%grpc_addr, %http_addr, storage = node.storage().url(), "flight node serving");
+    Ok(RunningNode {
+        grpc_addr,
+        http_addr,
+        node,
+        shutdown,
+        tasks: vec![grpc_task, http_task, housekeeping],
+    })
+}
+
+/// Runs a node until `signal` resolves.
+pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()> {
+    let running = start(config).await?;
+    signal.await;
+    tracing::info!("shutting down");
+    running.shutdown().await
+}
+
+async fn wait(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Background upkeep: re-read the peers file, sweep orphaned parts.
+async fn housekeeping(node: Arc<Node>, grace: Duration, rx: watch::Receiver<bool>) -> Result<()> {
+    let mut peers = tokio::time::interval(PEERS_RELOAD);
+    let mut sweep = tokio::time::interval(ORPHAN_SWEEP);
+    let stop = wait(rx);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = peers.tick() => {
+                if let Err(e) = node.placement().reload() {
+                    tracing::warn!(error = %e, "failed to reload the peers file; keeping the previous peers");
+                }
+            }
+            _ = sweep.tick() => {
+                match node.storage().clean_orphans(grace, Utc::now()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "removed orphaned part files"),
+                    Err(e) => tracing::warn!(error = %e, "orphan sweep failed"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,591 @@
+//! The Arrow Flight service: parses requests, checks tokens, delegates to [`Node`] and
+//! encodes answers. Errors become gRPC codes in one place ([`crate::error`]).
+//!
+//! # Upload options
+//!
+//! `DoPut` reads two optional gRPC headers:
+//!
+//! * `x-flight-ttl` — how long the new version lives, e.g. `30m`, `6h`, `7d`
+//!   (default: the node's `--default-ttl`, or no expiry);
+//! * `x-flight-contract` — the name of a data contract the upload must match.
+//!
+//! pyarrow: `client.do_put(descriptor, schema, options=flight.FlightCallOptions(
+//! headers=[(b"x-flight-ttl", b"6h"), (b"x-flight-contract", b"sales-v1")]))`.
+//!
+//! The single `PutResult` carries JSON in `app_metadata`:
+//! `{"ticket": "ads1:ns/name@3", "namespace": "ns", "name": "name", "version": 3,
+//! "rows": N, "bytes": M, "expiresAt": "..."}`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow::ipc::writer::IpcWriteOptions;
+use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_descriptor::DescriptorType;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
+    HandshakeRequest, HandshakeResponse, Location, PollInfo, PutResult, RenewFlightEndpointRequest,
+    SchemaAsIpc, SchemaResult, Ticket as FlightTicket,
+};
+use base64::Engine;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream;
+use futures::{Stream, StreamExt};
+use prost::Message;
+use serde::Deserialize;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::{Auth, Principal};
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+use crate::name::DatasetId;
+use crate::node::{DatasetRef, LoadRequest, Node, PutOptions};
+use crate::ticket::Ticket;
+
+/// Header naming the TTL of an upload.
+pub const TTL_HEADER: &str = "x-flight-ttl";
+/// Header naming the data contract of an upload.
+pub const CONTRACT_HEADER: &str = "x-flight-contract";
+/// Location that tells a client to reuse the connection it already has.
+pub const REUSE_CONNECTION: &str = "arrow-flight-reuse-connection://?";
+
+type Stream_<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send + 'static>>;
+
+/// The actions `DoAction` understands, with the descriptions `ListActions` returns.
+pub const ACTIONS: &[(&str, &str)] = &[
+    ("delete", "Delete a dataset or one version from storage and memory. Body: JSON {\"namespace\", \"name\", \"version\"?}. Result: JSON {\"deleted\": [versions]}."),
+    ("evict", "Drop a dataset or one version from this node's memory only; storage keeps it. Body: JSON {\"namespace\", \"name\", \"version\"?}. Result: JSON {\"evicted\": n}."),
+    ("stats", "This node's memory and cache counters. Body: empty. Result: JSON."),
+    ("load", "Ingest a CSV or Parquet object from the node's storage as a new version. Body: JSON {\"namespace\", \"name\", \"source\", \"format\"?, \"ttl\"?, \"contract\"?, \"delimiter\"?}. Result: the PutResult JSON."),
+    ("renew", "Extend a version's TTL lease. Body: JSON {\"ticket\", \"ttl\"}. Result: the PutResult JSON with the new expiresAt."),
+    ("RenewFlightEndpoint", "Standard Flight lease renewal. Body: RenewFlightEndpointRequest (protobuf) whose endpoint carries the ticket and the wanted expiration_time. Result: the renewed FlightEndpoint (protobuf)."),
+];
+
+/// `FlightService` over a [`Node`].
+#[derive(Debug, Clone)]
+pub struct FlightNodeService {
+    node: Arc<Node>,
+    auth: Arc<Auth>,
+}
+
+impl FlightNodeService {
+    pub fn new(node: Arc<Node>, auth: Arc<Auth>) -> Self {
+        Self { node, auth }
+    }
+
+    fn principal(&self, metadata: &MetadataMap) -> Result<Principal> {
+        let header = metadata.get("authorization").and_then(|v| v.to_str().ok());
+        self.auth.authenticate(header)
+    }
+
+    fn finish<T>(
+        &self,
+        method: &str,
+        result: Result<T>,
+    ) -> std::result::Result<Response<T>, Status> {
+        let code = result
+            .as_ref()
+            .map_or_else(Error::code, |_| tonic::Code::Ok);
+        self.node.metrics().record_request(method, code);
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    fn flight_info(&self, m: &Manifest) -> Result<FlightInfo> {
+        let id = m.dataset()?;
+        let signer = self.node.signer();
+        let ticket = m.ticket()?;
+        let mut locations = Vec::new();
+        if let Some(owner) = self.node.placement().owner(&id) {
+            locations.push(Location { uri: owner });
+        }
+        locations.push(Location {
+            uri: REUSE_CONNECTION.into(),
+        });
+        let expiration = m.expires_at.map(timestamp);
+        let endpoint = |t: &Ticket| FlightEndpoint {
+            ticket: Some(FlightTicket {
+                ticket: Bytes::from(t.encode(signer)),
+            }),
+            location: locations.clone(),
+            expiration_time: expiration,
+            app_metadata: Bytes::new(),
+        };
+        let endpoints: Vec<FlightEndpoint> = if m.parts.len() > 1 {
+            (0..m.parts.len() as u32)
+                .map(|p| endpoint(&ticket.with_part(p)))
+                .collect()
+        } else {
+            vec![endpoint(&ticket)]
+        };
+        let app_metadata = serde_json::to_vec(&m.put_result(signer)?)
+            .map_err(|e| Error::Internal(format!("failed to encode flight info metadata: {e}")))?;
+        let info = FlightInfo::new()
+            .try_with_schema(m.arrow_schema()?.as_ref())?
+            .with_descriptor(FlightDescriptor::new_path(vec![
+                id.namespace().into(),
+                id.name().into(),
+            ]))
+            .with_endpoints(endpoints)
+            .with_total_records(i64::try_from(m.rows).unwrap_or(i64::MAX))
+            .with_total_bytes(i64::try_from(m.bytes).unwrap_or(i64::MAX))
+            .with_ordered(true)
+            .with_app_metadata(app_metadata);
+        Ok(info)
+    }
+
+    fn descriptor_id(descriptor: &FlightDescriptor) -> Result<DatasetId> {
+        if descriptor.r#type != DescriptorType::Path as i32 {
+            return Err(Error::invalid(
+                "datasets are addressed by path descriptors: [namespace, name] or [name]",
+            ));
+        }
+        DatasetId::from_path(&descriptor.path)
+    }
+
+    async fn get_flight_info_inner(&self, req: Request<FlightDescriptor>) -> Result<FlightInfo> {
+        let principal = self.principal(req.metadata())?;
+        let id = Self::descriptor_id(req.get_ref())?;
+        principal.check(id.namespace())?;
+        let m = self.node.latest(&id).await?;
+        self.flight_info(&m)
+    }
+
+    async fn do_get_inner(&self, req: Request<FlightTicket>) -> Result<Stream_<FlightData>> {
+        let principal = self.principal(req.metadata())?;
+        let ticket = Ticket::decode(&req.get_ref().ticket, self.node.signer())?;
+        principal.check(ticket.dataset.namespace())?;
+        let manifest = self.node.resolve(&ticket).await?;
+        let stream = self.node.stream(&manifest, ticket.part).await?;
+        let node = Arc::clone(&self.node);
+        Ok(stream
+            .map(move |r| match r {
+                Ok(m) => {
+                    node.metrics()
+                        .record_sent((m.data_header.len() + m.data_body.len()) as u64);
+                    Ok(m)
+                }
+                Err(e) => Err(Status::from(e)),
+            })
+            .boxed())
+    }
+
+    async fn do_put_inner(&self, req: Request<Streaming<FlightData>>) -> Result<PutResult> {
+        let principal = self.principal(req.metadata())?;
+        let ttl = match header(req.metadata(), TTL_HEADER)? {
+            Some(t) => Some(crate::ttl::parse_ttl(&t)?),
+            None => None,
+        };
+        let contract = header(req.metadata(), CONTRACT_HEADER)?;
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .message()
+            .await
+            .map_err(Error::from_inbound)?
+            .ok_or_else(|| {
+                Error::invalid("empty DoPut stream: expected a schema message with a descriptor")
+            })?;
+        let descriptor = first.flight_descriptor.as_ref().ok_or_else(|| {
+            Error::invalid("the first DoPut message carries no flight descriptor")
+        })?;
+        let id = Self::descriptor_id(descriptor)?;
+        principal.check(id.namespace())?;
+
+        let limits = self.node.limits().clone();
+        let limited = stream::once(async { Ok(first) })
+            .chain(inbound)
+            .scan((0u64, 0u64), move |(bytes, count), item| {
+                let item = item.and_then(|m| {
+                    *bytes += (m.data_header.len() + m.data_body.len()) as u64;
+                    *count += 1;
+                    if *bytes > limits.max_upload_size {
+                        Err(Status::resource_exhausted(format!(
+                            "upload exceeds the maximum upload size of {} bytes",
+                            limits.max_upload_size
+                        )))
+                    } else if *count
+                        > limits
+                            .max_upload_batches
+                            .saturating_mul(2)
+                            .saturating_add(16)
+                    {
+                        // Dictionary messages count too, hence the headroom.
+                        Err(Status::resource_exhausted(format!(
+                            "upload has more than {} messages; send fewer, larger batches",
+                            limits.max_upload_batches
+                        )))
+                    } else {
+                        Ok(m)
+                    }
+                });
+                futures::future::ready(Some(item))
+            })
+            .map(|r| r.map_err(|s| FlightError::Tonic(Box::new(s))));
+        let mut decoder = FlightDataDecoder::new(limited);
+        let schema = loop {
+            match decoder.next().await {
+                Some(Ok(d)) => match d.payload {
+                    DecodedPayload::Schema(s) => break s,
+                    DecodedPayload::None => continue,
+                    DecodedPayload::RecordBatch(_) => {
+                        return Err(Error::invalid("record batch before the schema message"))
+                    }
+                },
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(Error::invalid("DoPut stream ended before a schema message")),
+            }
+        };
+        let batches = decoder.filter_map(|r| {
+            futures::future::ready(match r {
+                Ok(d) => match d.payload {
+                    DecodedPayload::RecordBatch(b) => Some(Ok(b)),
+                    DecodedPayload::None => None,
+                    DecodedPayload::Schema(_) => Some(Err(Error::invalid(
+                        "the schema changed mid-stream; one upload has one schema",
+                    ))),
+                },
+                Err(e) => Some(Err(Error::from(e))),
+            })
+        });
+        let opts = PutOptions {
+            ttl,
+            contract,
+            source: "flight".into(),
+        };
+        let manifest = self.node.put(id, opts, schema, batches).await?;
+        let result = manifest.put_result(self.node.signer())?;
+        let json = serde_json::to_vec(&result)
+            .map_err(|e| Error::Internal(format!("failed to encode PutResult: {e}")))?;
+        Ok(PutResult {
+            app_metadata: Bytes::from(json),
+        })
+    }
+
+    async fn do_action_inner(&self, req: Request<Action>) -> Result<Vec<Bytes>> {
+        let principal = self.principal(req.metadata())?;
+        let action = req.into_inner();
+        let body = &action.body;
+        match action.r#type.as_str() {
+            "delete" => {
+                let r: DatasetRef = json_body("delete", body)?;
+                let id = DatasetId::new(r.namespace.as_str(), r.name.as_str())?;
+                principal.check(id.namespace())?;
+                let deleted = self.node.delete(&id, r.version).await?;
+                if deleted.is_empty() {
+                    return Err(Error::not_found(format!("dataset {id} not found")));
+                }
+                Ok(vec![to_json(&serde_json::json!({ "deleted": deleted }))?])
+            }
+            "evict" => {
+                let r: DatasetRef = json_body("evict", body)?;
+                let id = DatasetId::new(r.namespace.as_str(), r.name.as_str())?;
+                principal.check(id.namespace())?;
+                let evicted = self.node.evict(&id, r.version);
+                Ok(vec![to_json(&serde_json::json!({ "evicted": evicted }))?])
+            }
+            "stats" => Ok(vec![to_json(&self.node.stats())?]),
+            "load" => {
+                let r: LoadRequest = json_body("load", body)?;
+                principal.check(&r.namespace)?;
+                let m = self.node.load(r).await?;
+                Ok(vec![to_json(&m.put_result(self.node.signer())?)?])
+            }
+            "renew" => {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Renew {
+                    ticket: String,
+                    ttl: String,
+                }
+                let r: Renew = json_body("renew", body)?;
+                let ticket = Ticket::decode(r.ticket.as_bytes(), self.node.signer())?;
+                principal.check(ticket.dataset.namespace())?;
+                let ttl = crate::ttl::parse_ttl(&r.ttl)?;
+                let until = crate::ttl::expires_at(Utc::now(), ttl)
+                    .ok_or_else(|| Error::invalid("the TTL is too long"))?;
+                let m = self.node.renew(&ticket, until).await?;
+                Ok(vec![to_json(&m.put_result(self.node.signer())?)?])
+            }
+            "RenewFlightEndpoint" => {
+                let req = RenewFlightEndpointRequest::decode(body.as_ref())
+                    .map_err(|e| Error::invalid(format!("invalid RenewFlightEndpointRequest: {e}")))?;
+                let mut endpoint = req
+                    .endpoint
+                    .ok_or_else(|| Error::invalid("RenewFlightEndpointRequest has no endpoint"))?;
+                let raw = endpoint
+                    .ticket
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid("the endpoint to renew has no ticket"))?;
+                let ticket = Ticket::decode(&raw.ticket, self.node.signer())?;
+                principal.check(ticket.dataset.namespace())?;
+                let until = endpoint
+                    .expiration_time
+                    .as_ref()
+                    .and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+                    .ok_or_else(|| Error::invalid("the endpoint to renew needs the wanted expiration_time"))?;
+                let m = self.node.renew(&ticket, until).await?;
+                endpoint.expiration_time = m.expires_at.map(timestamp);
+                Ok(vec![Bytes::from(endpoint.encode_to_vec())])
+            }
+            "CancelFlightInfo" => Err(Error::Unimplemented(
+                "CancelFlightInfo is not supported: flights here are complete datasets, never long-running queries".into(),
+            )),
+            other => Err(Error::invalid(format!(
+                "unknown action {other:?}; ListActions lists: {}",
+                ACTIONS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    async fn handshake_inner(
+        &self,
+        req: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Stream_<HandshakeResponse>>> {
+        // Either a Basic/Bearer header (pyarrow's authenticate_basic_token) or a token in
+        // the payload of the first handshake message.
+        let header_token = match req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(h) => Some(token_from_header(h)?),
+            None => None,
+        };
+        let token = match header_token {
+            Some(t) => t,
+            None => {
+                let mut inbound = req.into_inner();
+                let first = inbound.message().await.map_err(Error::from_inbound)?;
+                let payload = first.map(|m| m.payload).unwrap_or_default();
+                String::from_utf8(payload.to_vec()).map_err(|_| {
+                    Error::Unauthenticated("the handshake payload must be a UTF-8 token".into())
+                })?
+            }
+        };
+        if self.auth.is_enabled() {
+            self.auth.authenticate_token(&token)?;
+        }
+        let reply = HandshakeResponse {
+            protocol_version: 0,
+            payload: Bytes::from(token.clone()),
+        };
+        let mut resp: Response<Stream_<HandshakeResponse>> =
+            Response::new(stream::iter([Ok(reply)]).boxed());
+        if let Ok(v) = format!("Bearer {token}").parse() {
+            resp.metadata_mut().insert("authorization", v);
+        }
+        Ok(resp)
+    }
+}
+
+fn token_from_header(h: &str) -> Result<String> {
+    if let Some(t) = h
+        .strip_prefix("Bearer ")
+        .or_else(|| h.strip_prefix("bearer "))
+    {
+        return Ok(t.trim().to_string());
+    }
+    if let Some(b) = h
+        .strip_prefix("Basic ")
+        .or_else(|| h.strip_prefix("basic "))
+    {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b.trim())
+            .map_err(|_| Error::Unauthenticated("malformed Basic authorization header".into()))?;
+        let text = String::from_utf8(decoded)
+            .map_err(|_| Error::Unauthenticated("malformed Basic authorization header".into()))?;
+        // The token is the password; a client with only a token may put it in the user.
+        let (user, pass) = text.split_once(':').unwrap_or((text.as_str(), ""));
+        return Ok(if pass.is_empty() { user } else { pass }.to_string());
+    }
+    Err(Error::Unauthenticated(
+        "unsupported authorization scheme; use Bearer or Basic".into(),
+    ))
+}
+
+fn header(md: &MetadataMap, name: &str) -> Result<Option<String>> {
+    match md.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.trim().to_string()))
+            .map_err(|_| Error::invalid(format!("header {name} is not valid text"))),
+    }
+}
+
+fn json_body<T: for<'de> Deserialize<'de>>(action: &str, body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| Error::invalid(format!("invalid body for action {action:?}: {e}")))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Bytes> {
+    serde_json::to_vec(v)
+        .map(Bytes::from)
+        .map_err(|e| Error::Internal(format!("failed to encode JSON: {e}")))
+}
+
+fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+#[tonic::async_trait]
+impl FlightService for FlightNodeService {
+    type HandshakeStream = Stream_<HandshakeResponse>;
+    type ListFlightsStream = Stream_<FlightInfo>;
+    type DoGetStream = Stream_<FlightData>;
+    type DoPutStream = Stream_<PutResult>;
+    type DoExchangeStream = Stream_<FlightData>;
+    type DoActionStream = Stream_<arrow_flight::Result>;
+    type ListActionsStream = Stream_<ActionType>;
+
+    async fn handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> std::result::Result<Response<Self::HandshakeStream>, Status> {
+        let r = self.handshake_inner(request).await;
+        self.node.metrics().record_request(
+            "Handshake",
+            r.as_ref().map_or_else(Error::code, |_| tonic::Code::Ok),
+        );
+        r.map_err(Status::from)
+    }
+
+    async fn list_flights(
+        &self,
+        request: Request<Criteria>,
+    ) -> std::result::Result<Response<Self::ListFlightsStream>, Status> {
+        let r = async {
+            let principal = self.principal(request.metadata())?;
+            let expr = &request.get_ref().expression;
+            let namespace = if expr.is_empty() {
+                None
+            } else {
+                let ns = std::str::from_utf8(expr)
+                    .map_err(|_| Error::invalid("ListFlights criteria must be a namespace name"))?
+                    .trim()
+                    .to_string();
+                crate::name::validate_label("namespace", &ns)?;
+                principal.check(&ns)?;
+                Some(ns)
+            };
+            let mut infos = Vec::new();
+            for m in self.node.list(namespace.as_deref()).await? {
+                if principal.allows(&m.namespace) {
+                    infos.push(Ok(self.flight_info(&m)?));
+                }
+            }
+            Ok::<_, Error>(stream::iter(infos).boxed() as Self::ListFlightsStream)
+        }
+        .await;
+        self.finish("ListFlights", r)
+    }
+
+    async fn get_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        let r = self.get_flight_info_inner(request).await;
+        self.finish("GetFlightInfo", r)
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<PollInfo>, Status> {
+        self.finish(
+            "PollFlightInfo",
+            Err(Error::Unimplemented(
+                "PollFlightInfo is not supported: datasets are complete when uploaded; use GetFlightInfo".into(),
+            )),
+        )
+    }
+
+    async fn get_schema(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<SchemaResult>, Status> {
+        let r = async {
+            let principal = self.principal(request.metadata())?;
+            let id = Self::descriptor_id(request.get_ref())?;
+            principal.check(id.namespace())?;
+            let m = self.node.latest(&id).await?;
+            let schema = m.arrow_schema()?;
+            let result =
+                SchemaResult::try_from(SchemaAsIpc::new(&schema, &IpcWriteOptions::default()))?;
+            Ok(result)
+        }
+        .await;
+        self.finish("GetSchema", r)
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<FlightTicket>,
+    ) -> std::result::Result<Response<Self::DoGetStream>, Status> {
+        let r = self.do_get_inner(request).await;
+        self.finish("DoGet", r)
+    }
+
+    async fn do_put(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> std::result::Result<Response<Self::DoPutStream>, Status> {
+        let r = self
+            .do_put_inner(request)
+            .await
+            .map(|p| stream::iter([Ok(p)]).boxed() as Self::DoPutStream);
+        self.finish("DoPut", r)
+    }
+
+    async fn do_exchange(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> std::result::Result<Response<Self::DoExchangeStream>, Status> {
+        self.finish(
+            "DoExchange",
+            Err(Error::Unimplemented(
+                "DoExchange is not supported: upload with DoPut and download with DoGet".into(),
+            )),
+        )
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> std::result::Result<Response<Self::DoActionStream>, Status> {
+        let r = self.do_action_inner(request).await.map(|bodies| {
+            stream::iter(
+                bodies
+                    .into_iter()
+                    .map(|body| Ok(arrow_flight::Result { body })),
+            )
+            .boxed() as Self::DoActionStream
+        });
+        self.finish("DoAction", r)
+    }
+
+    async fn list_actions(
+        &self,
+        _request: Request<Empty>,
+    ) -> std::result::Result<Response<Self::ListActionsStream>, Status> {
+        let actions: Vec<_> = ACTIONS
+            .iter()
+            .map(|(t, d)| {
+                Ok(ActionType {
+                    r#type: (*t).to_string(),
+                    description: (*d).to_string(),
+                })
+            })
+            .collect();
+        self.finish(
+            "ListActions",
+            Ok(stream::iter(actions).boxed() as Self::ListActionsStream),
+        )
+    }
+}
