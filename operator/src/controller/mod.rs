@@ -1,0 +1,3 @@
+//! The two controllers, their shared context, and the run loop.
+
+pub mod pool;

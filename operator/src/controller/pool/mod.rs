@@ -1,0 +1,3 @@
+//! FlightPool controller: validate → build → apply → status.
+
+pub mod build;
