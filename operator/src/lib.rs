@@ -4,6 +4,9 @@
 //! object storage, a TTL, and a finalizer that removes their Parquet objects.
 #![forbid(unsafe_code)]
 
-pub mod crd;
-pub mod ttl;
+pub mod config;
 pub mod controller;
+pub mod crd;
+pub mod gc;
+pub mod metrics;
+pub mod ttl;

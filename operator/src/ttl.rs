@@ -92,7 +92,9 @@ mod tests {
     use chrono::TimeZone;
 
     fn t(secs: i64) -> DateTime<Utc> {
-        Utc.timestamp_opt(secs, 0).single().expect("valid timestamp")
+        Utc.timestamp_opt(secs, 0)
+            .single()
+            .expect("valid timestamp")
     }
 
     #[test]
@@ -122,10 +124,7 @@ mod tests {
     #[test]
     fn expiry_overflow_is_an_error_not_a_panic() {
         let huge = Duration::from_secs(u64::MAX);
-        assert!(matches!(
-            expiry(t(0), huge),
-            Err(TtlError::Overflow { .. })
-        ));
+        assert!(matches!(expiry(t(0), huge), Err(TtlError::Overflow { .. })));
         let near_end = DateTime::<Utc>::MAX_UTC;
         assert!(matches!(
             expiry(near_end, Duration::from_secs(1)),

@@ -24,8 +24,7 @@ fn main() -> ExitCode {
     for (file, yaml) in rendered {
         let result = match &out_dir {
             Some(dir) => std::fs::write(dir.join(&file), &yaml),
-            None => std::io::stdout()
-                .write_all(format!("---\n{yaml}").as_bytes()),
+            None => std::io::stdout().write_all(format!("---\n{yaml}").as_bytes()),
         };
         if let Err(e) = result {
             eprintln!("failed to write {file}: {e}");

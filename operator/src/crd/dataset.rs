@@ -1,4 +1,6 @@
 //! `ArrowDataset`: the lifecycle record of one dataset (all its immutable versions).
+// Every `printcolumn(...)` repeats `type_ = ...`, which clippy takes for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
@@ -27,9 +29,23 @@ use super::TTL_PATTERN;
     printcolumn(name = "Size", type_ = "string", json_path = ".status.size"),
     printcolumn(name = "Tier", type_ = "string", json_path = ".status.tier"),
     printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresAt"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "Version", type_ = "integer", json_path = ".status.version", priority = 1),
-    printcolumn(name = "Ticket", type_ = "string", json_path = ".status.ticket", priority = 1)
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Version",
+        type_ = "integer",
+        json_path = ".status.version",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Ticket",
+        type_ = "string",
+        json_path = ".status.ticket",
+        priority = 1
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ArrowDatasetSpec {
@@ -98,12 +114,29 @@ impl SourceFormat {
 }
 
 impl SourceSpec {
+    /// A stable description of what a load of this source reads and how.
+    pub fn fingerprint(&self, contract: Option<&str>) -> String {
+        format!(
+            "{} format={} delimiter={} header={} contract={}",
+            self.url,
+            self.effective_format().map_or("?", SourceFormat::as_str),
+            self.delimiter.as_deref().unwrap_or(","),
+            self.has_header,
+            contract.unwrap_or("-"),
+        )
+    }
+
     /// The declared format, or the one the URL's extension names.
     pub fn effective_format(&self) -> Option<SourceFormat> {
         if self.format.is_some() {
             return self.format;
         }
-        let path = self.url.split(['?', '#']).next().unwrap_or_default().to_ascii_lowercase();
+        let path = self
+            .url
+            .split(['?', '#'])
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         if path.ends_with(".csv") || path.ends_with(".csv.gz") {
             Some(SourceFormat::Csv)
         } else if path.ends_with(".parquet") || path.ends_with(".pq") {
@@ -198,9 +231,10 @@ pub struct ArrowDatasetStatus {
     /// Versions currently stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub versions: Option<i64>,
-    /// Generation whose `source` was loaded, so a source is loaded once per spec change.
+    /// The source (URL and options) of the last successful load, so each source is loaded
+    /// once and a change of anything else (the TTL, say) does not load it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loaded_generation: Option<i64>,
+    pub loaded_source: Option<String>,
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

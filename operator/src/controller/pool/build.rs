@@ -7,8 +7,8 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecretVolumeSource,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -126,7 +126,10 @@ pub fn labels(pool: &str) -> BTreeMap<String, String> {
 
 fn selector_labels(pool: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("app.kubernetes.io/name".to_owned(), "flight-node".to_owned()),
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "flight-node".to_owned(),
+        ),
         ("app.kubernetes.io/instance".to_owned(), pool.to_owned()),
     ])
 }
@@ -703,7 +706,9 @@ mod tests {
             .and_then(|a| a.pod_anti_affinity.as_ref())
             .is_some());
         assert_eq!(
-            pod.topology_spread_constraints.as_ref().map(|t| t[0].topology_key.as_str()),
+            pod.topology_spread_constraints
+                .as_ref()
+                .map(|t| t[0].topology_key.as_str()),
             Some("topology.kubernetes.io/zone")
         );
         assert_eq!(pod.priority_class_name.as_deref(), Some("data-high"));
@@ -723,7 +728,10 @@ mod tests {
         );
         assert_eq!(pod.automount_service_account_token, Some(false));
         let c = container(sts);
-        let sc = c.security_context.as_ref().expect("container security context");
+        let sc = c
+            .security_context
+            .as_ref()
+            .expect("container security context");
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         assert_eq!(
@@ -786,11 +794,7 @@ mod tests {
         assert!(pod.node_selector.is_none());
         assert!(pod.tolerations.is_none());
         assert!(pod.affinity.is_none());
-        assert!(pod
-            .volumes
-            .iter()
-            .flatten()
-            .all(|v| v.secret.is_none()));
+        assert!(pod.volumes.iter().flatten().all(|v| v.secret.is_none()));
     }
 
     #[test]
@@ -819,8 +823,7 @@ mod tests {
         );
 
         let data = objects.config_map.data.as_ref().expect("data");
-        let peers: serde_yaml::Value =
-            serde_yaml::from_str(&data[PEERS_KEY]).expect("peers yaml");
+        let peers: serde_yaml::Value = serde_yaml::from_str(&data[PEERS_KEY]).expect("peers yaml");
         let listed: Vec<_> = peers["peers"]
             .as_sequence()
             .expect("list")
@@ -845,7 +848,12 @@ mod tests {
             .collect();
         assert_eq!(
             fields,
-            vec![("id", false), ("region", true), ("amount", true), ("at", true)]
+            vec![
+                ("id", false),
+                ("region", true),
+                ("amount", true),
+                ("at", true)
+            ]
         );
 
         let pdb = objects.pod_disruption_budget.spec.as_ref().expect("spec");
@@ -888,7 +896,10 @@ mod tests {
     fn invalid_specs_are_refused_with_reasons() {
         let mut p = pool(MINIMAL);
         p.spec.default_ttl = "0s".into();
-        assert!(matches!(build(&p, &config()), Err(BuildError::InvalidTtl(_))));
+        assert!(matches!(
+            build(&p, &config()),
+            Err(BuildError::InvalidTtl(_))
+        ));
 
         let mut p = pool(FULL);
         if let Some(c) = p.spec.contracts.get_mut("sales") {
