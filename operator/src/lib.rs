@@ -7,6 +7,9 @@
 pub mod config;
 pub mod controller;
 pub mod crd;
+pub mod discovery;
 pub mod gc;
+pub mod http;
 pub mod metrics;
+pub mod runtime;
 pub mod ttl;

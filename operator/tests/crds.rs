@@ -44,10 +44,16 @@ fn crds_carry_names_columns_and_validation() {
         ["Pool", "Phase", "Rows", "Size", "Tier", "Expires", "Age", "Version", "Ticket"]
     );
     let ttl = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["ttl"];
-    assert_eq!(ttl["pattern"].as_str(), Some(flight_operator::crd::TTL_PATTERN));
+    assert_eq!(
+        ttl["pattern"].as_str(),
+        Some(flight_operator::crd::TTL_PATTERN)
+    );
 
     let fpool = &docs[1];
-    assert_eq!(fpool["spec"]["names"]["shortNames"][0].as_str(), Some("fpool"));
+    assert_eq!(
+        fpool["spec"]["names"]["shortNames"][0].as_str(),
+        Some("fpool")
+    );
     let version = &fpool["spec"]["versions"][0];
     let replicas =
         &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["replicas"];
@@ -58,7 +64,10 @@ fn crds_carry_names_columns_and_validation() {
         .iter()
         .filter_map(|c| c["name"].as_str())
         .collect();
-    assert_eq!(columns, ["Replicas", "Ready", "Endpoint", "Datasets", "Age"]);
+    assert_eq!(
+        columns,
+        ["Replicas", "Ready", "Endpoint", "Datasets", "Age"]
+    );
 }
 
 /// The schema pattern is what the API server enforces; check it against the cases the
@@ -68,7 +77,10 @@ fn ttl_pattern_refuses_zero_negative_and_words() {
     let re = regex::Regex::new(flight_operator::crd::TTL_PATTERN).expect("valid regex");
     for ok in ["30m", "6h", "7d", "1w", "90s", "1h30m", "0h5m", "10d"] {
         assert!(re.is_match(ok), "{ok} should pass");
-        assert!(flight_operator::ttl::parse_ttl(ok).is_ok(), "{ok} should parse");
+        assert!(
+            flight_operator::ttl::parse_ttl(ok).is_ok(),
+            "{ok} should parse"
+        );
     }
     for bad in ["0s", "-5m", "soon", "", "5", "0h0m", "1.5h", "6 h", "6H"] {
         assert!(!re.is_match(bad), "{bad} should be refused by the schema");
