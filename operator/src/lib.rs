@@ -8,6 +8,8 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod discovery;
+#[cfg(test)]
+pub mod fixtures;
 pub mod gc;
 pub mod http;
 pub mod metrics;

@@ -79,3 +79,6 @@ pub fn error_policy(pool: Arc<FlightPool>, error: &Error, ctx: Arc<Context>) -> 
     ctx.metrics.error(CONTROLLER, error.metric_label());
     Action::requeue(ctx.config.retry_after)
 }
+
+#[cfg(test)]
+mod reconcile_tests;
