@@ -107,6 +107,8 @@ impl NodeApi for FakeNodes {
     }
 }
 
+static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Commits a version like a node would (one empty part list; sizes made up).
 pub async fn commit(
     storage: &Storage,
@@ -122,7 +124,7 @@ pub async fn commit(
         "namespace": namespace,
         "name": name,
         "version": 0,
-        "uploadId": "01J00000000000000000000000",
+        "uploadId": format!("upload-{}", UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
         "schema": "",
         "columns": [],
         "rows": rows,

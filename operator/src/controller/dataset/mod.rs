@@ -557,3 +557,6 @@ async fn blocked(
         reason,
     })
 }
+
+#[cfg(test)]
+mod reconcile_tests;
