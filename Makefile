@@ -12,6 +12,7 @@ run:
 
 ## venv: Python packages the tests need (pyarrow, pandas, pytest, moto_server)
 venv: $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet ./clients/python
 $(VENV)/.installed: tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
@@ -25,6 +26,7 @@ build:
 test: venv build
 	MOTO_SERVER=$(abspath $(VENV))/bin/moto_server $(CARGO) test --workspace
 	FLIGHT_NODE_BIN=$(abspath target/debug/flight-node) $(VENV)/bin/python -m pytest -q tests/python
+	FLIGHT_NODE_BIN=$(abspath target/debug/flight-node) $(VENV)/bin/python -m pytest -q clients/python/tests
 
 lint:
 	$(CARGO) fmt --all -- --check

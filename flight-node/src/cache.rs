@@ -114,7 +114,8 @@ fn encode_blocking(
     batches: &[RecordBatch],
     max_message: usize,
 ) -> Result<Vec<FlightData>> {
-    let input = futures::stream::iter(batches.to_vec().into_iter().map(Ok));
+    let owned: Vec<RecordBatch> = batches.to_vec();
+    let input = futures::stream::iter(owned.into_iter().map(Ok));
     let stream = FlightDataEncoderBuilder::new()
         .with_schema(schema.clone())
         .with_max_flight_data_size(max_message)
@@ -186,6 +187,11 @@ impl Cache {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         found
+    }
+
+    /// Looks a version up without counting a hit or miss (for a second look under a lock).
+    pub fn peek(&self, key: &CacheKey) -> Option<Arc<EncodedTable>> {
+        self.state().tables.get(key).cloned()
     }
 
     /// Whether a table of this size could ever be cached.

@@ -138,7 +138,9 @@ impl Error {
                  writer.write_table(table, max_chunksize=...)) or raise --max-message-size"
             )),
             Code::InvalidArgument => Error::InvalidArgument(msg),
-            Code::Cancelled => Error::Aborted(format!("upload cancelled by the client: {msg}")),
+            Code::Cancelled | Code::Aborted => {
+                Error::Aborted(format!("upload cancelled by the client: {msg}"))
+            }
             _ => Error::InvalidArgument(format!("failed to read the upload stream: {msg}")),
         }
     }

@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod cancel;
 pub mod client;
 pub mod config;
 pub mod contract;

@@ -267,10 +267,7 @@ impl Node {
             w.flush().await
         }
         .await;
-        if let Err(e) = written {
-            self.storage.delete_quietly(&w.written).await;
-            return Err(e);
-        }
+        written?;
 
         let created_at = Utc::now();
         let ttl = opts.ttl.or(self.limits.default_ttl);
@@ -298,10 +295,8 @@ impl Node {
             expires_at,
             source: opts.source,
         };
-        if let Err(e) = self.storage.commit(&mut manifest).await {
-            self.storage.delete_quietly(&w.written).await;
-            return Err(e);
-        }
+        self.storage.commit(&mut manifest).await?;
+        w.committed = true;
         let key = (id, manifest.version);
         self.remember(key.clone(), manifest.clone());
         if let Some(parts) = w.encoded.take() {
@@ -524,7 +519,7 @@ impl Node {
         if self.cache.fits(estimate) {
             let lock = self.load_lock(&key);
             let guard = lock.lock().await;
-            let table = match self.cache.get(&key) {
+            let table = match self.cache.peek(&key) {
                 Some(t) => t,
                 None => {
                     let t = Arc::new(self.load_table(manifest).await?);
@@ -719,6 +714,26 @@ struct PartWriter<'a> {
     /// Encoded parts for the cache while the upload still fits it.
     encoded: Option<Vec<EncodedPart>>,
     encoded_bytes: usize,
+    /// Set once the manifest references the parts; until then dropping the writer (an
+    /// error, or the client cancelling the call) removes them.
+    committed: bool,
+}
+
+impl Drop for PartWriter<'_> {
+    fn drop(&mut self) {
+        if self.committed || self.written.is_empty() {
+            return;
+        }
+        let storage = self.node.storage.clone();
+        let paths = std::mem::take(&mut self.written);
+        tracing::info!(dataset = %self.id, parts = paths.len(), "upload not committed; removing its parts");
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { storage.delete_quietly(&paths).await });
+            }
+            Err(_) => tracing::warn!("no runtime to remove parts; the orphan sweep will"),
+        }
+    }
 }
 
 impl<'a> PartWriter<'a> {
@@ -744,6 +759,7 @@ impl<'a> PartWriter<'a> {
             written: Vec::new(),
             encoded: Some(Vec::new()),
             encoded_bytes: 0,
+            committed: false,
         }
     }
 

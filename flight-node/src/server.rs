@@ -94,7 +94,8 @@ pub async fn start(config: Config) -> Result<RunningNode> {
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(1 << 20);
+        .max_frame_size(1 << 20)
+        .layer(crate::cancel::layer());
     if let Some(tls) = tls {
         builder = builder
             .tls_config(tls)

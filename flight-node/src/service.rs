@@ -572,8 +572,11 @@ impl FlightService for FlightNodeService {
 
     async fn list_actions(
         &self,
-        _request: Request<Empty>,
+        request: Request<Empty>,
     ) -> std::result::Result<Response<Self::ListActionsStream>, Status> {
+        if let Err(e) = self.principal(request.metadata()) {
+            return self.finish("ListActions", Err(e));
+        }
         let actions: Vec<_> = ACTIONS
             .iter()
             .map(|(t, d)| {

@@ -1,0 +1,250 @@
+//! Storage against a real S3-compatible server process (`moto_server`), as MinIO or S3
+//! would be used in a cluster: create-only manifest commits, parts, eviction and reload,
+//! deletion and concurrent uploads.
+//!
+//! `make test` installs moto into `.venv` and points `MOTO_SERVER` at it. Without it this
+//! test fails with instructions rather than skipping.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use flight_node::name::DatasetId;
+use flight_node::storage::{Storage, StorageConfig};
+use futures::TryStreamExt;
+
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn moto_binary() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("MOTO_SERVER") {
+        return p.into();
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server");
+    assert!(
+        venv.exists(),
+        "moto_server not found: run `make test` (it installs moto into .venv), or set MOTO_SERVER"
+    );
+    venv
+}
+
+fn http(endpoint_port: u16, request: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", endpoint_port)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Starts moto on a free port and creates `bucket`.
+fn start_moto(bucket: &str) -> Moto {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(moto_binary())
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("failed to start moto_server");
+    let moto = Moto {
+        child,
+        endpoint: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "moto_server did not start within 30s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let reply = http(port, &format!("PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"));
+    assert!(
+        reply.starts_with("HTTP/1.1 200"),
+        "bucket creation failed: {reply}"
+    );
+    moto
+}
+
+fn s3_config(moto: &Moto, bucket: &str) -> StorageConfig {
+    StorageConfig {
+        url: format!("s3://{bucket}/pipelines"),
+        endpoint: Some(moto.endpoint.clone()),
+        region: Some("us-east-1".into()),
+        access_key_id: Some("test".into()),
+        secret_access_key: Some("test".into()),
+        allow_http: true,
+    }
+}
+
+#[tokio::test]
+async fn node_on_s3_round_trips_evicts_reloads_and_deletes() {
+    let moto = start_moto("flight-data");
+    let cfg = s3_config(&moto, "flight-data");
+    let node = TestNode::start(|c| {
+        c.storage_url = cfg.url.clone();
+        c.storage_endpoint = cfg.endpoint.clone();
+        c.storage_region = cfg.region.clone();
+        c.storage_access_key_id = cfg.access_key_id.clone();
+        c.storage_secret_access_key = cfg.secret_access_key.clone();
+        c.allow_http = true;
+        c.part_size = 64 * 1024;
+    })
+    .await;
+    let mut c = node.client().await;
+    let batches: Vec<_> = (0..5).map(|i| batch(i * 3000, 3000)).collect();
+    let r = put(&mut c, descriptor("analytics", "events"), batches.clone())
+        .await
+        .unwrap();
+    let ticket = r["ticket"].as_str().unwrap().to_string();
+    assert_eq!(
+        concat(&get(&mut c, &ticket).await.unwrap()),
+        concat(&batches)
+    );
+
+    // The objects are in the bucket, under the prefix, in the documented layout.
+    let storage = Storage::open(&cfg).unwrap();
+    let id = DatasetId::new("analytics", "events").unwrap();
+    let manifests = storage.list_manifests(&id).await.unwrap();
+    assert_eq!(manifests.len(), 1);
+    assert!(manifests[0].parts.len() > 1);
+    let objects: Vec<_> = storage
+        .object_store()
+        .list(None)
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(
+        objects.contains(&"analytics/events/v1.manifest.json".to_string()),
+        "{objects:?}"
+    );
+    assert!(objects
+        .iter()
+        .any(|o| o.starts_with("analytics/events/parts/") && o.ends_with("part-0.parquet")));
+
+    // Evict, then a cold read loads from S3.
+    let mut client = flight_node::client::NodeClient::connect(&node.running().grpc_uri(), None)
+        .await
+        .unwrap();
+    assert_eq!(client.evict(&id, None).await.unwrap(), 1);
+    assert_eq!(
+        concat(&client.get(&ticket).await.unwrap()),
+        concat(&batches)
+    );
+    assert_eq!(client.stats().await.unwrap()["misses"], 1);
+
+    // A second node on the same bucket serves the ticket (any node serves any ticket).
+    let other = TestNode::start(|c2| {
+        c2.storage_url = node.config.storage_url.clone();
+        c2.storage_endpoint = node.config.storage_endpoint.clone();
+        c2.storage_region = node.config.storage_region.clone();
+        c2.storage_access_key_id = node.config.storage_access_key_id.clone();
+        c2.storage_secret_access_key = node.config.storage_secret_access_key.clone();
+        c2.allow_http = true;
+    })
+    .await;
+    let mut c2 = other.client().await;
+    assert_eq!(
+        concat(&get(&mut c2, &ticket).await.unwrap()),
+        concat(&batches)
+    );
+
+    assert_eq!(client.delete(&id, None).await.unwrap(), vec![1]);
+    let left: Vec<_> = storage
+        .object_store()
+        .list(None)
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(
+        get(&mut c, &ticket).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    // The other node still holds its hot copy until it is told to drop it (the operator
+    // evicts every node of a pool when it deletes); then it finds nothing in storage.
+    let mut other_client =
+        flight_node::client::NodeClient::connect(&other.running().grpc_uri(), None)
+            .await
+            .unwrap();
+    other_client.evict(&id, None).await.unwrap();
+    assert_eq!(
+        get(&mut c2, &ticket).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    other.stop().await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn s3_create_only_commits_give_concurrent_uploads_distinct_versions() {
+    let moto = start_moto("race-bucket");
+    let cfg = s3_config(&moto, "race-bucket");
+    // Two nodes, one bucket: both allocate versions of the same dataset at once.
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let cfg = cfg.clone();
+        nodes.push(
+            TestNode::start(move |c| {
+                c.storage_url = cfg.url;
+                c.storage_endpoint = cfg.endpoint;
+                c.storage_region = cfg.region;
+                c.storage_access_key_id = cfg.access_key_id;
+                c.storage_secret_access_key = cfg.secret_access_key;
+                c.allow_http = true;
+            })
+            .await,
+        );
+    }
+    let mut tasks = Vec::new();
+    for i in 0..8i64 {
+        let mut c = nodes[(i % 2) as usize].client().await;
+        tasks.push(tokio::spawn(async move {
+            put(&mut c, descriptor("ns", "race"), vec![batch(i * 10, 10)])
+                .await
+                .unwrap()
+        }));
+    }
+    let mut versions = Vec::new();
+    let mut reader = nodes[0].client().await;
+    for t in tasks {
+        let r = t.await.unwrap();
+        let got = concat(
+            &get(&mut reader, r["ticket"].as_str().unwrap())
+                .await
+                .unwrap(),
+        );
+        let first = got
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap()
+            .value(0);
+        assert_eq!(got, batch(first, 10));
+        versions.push(r["version"].as_u64().unwrap());
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=8).collect::<Vec<u64>>());
+    for n in nodes {
+        n.stop().await;
+    }
+}
