@@ -1,0 +1,133 @@
+//! Pure status computation of the ArrowDataset controller from its collection plan.
+
+use chrono::{DateTime, Utc};
+use flight_node::name::DatasetId;
+use flight_node::ticket::{Ticket, TicketSigner};
+
+use crate::controller::{clear_condition, set_condition, NewCondition};
+use crate::crd::{ArrowDatasetStatus, DatasetPhase, Tier};
+use crate::gc::Plan;
+use crate::ttl;
+
+/// Formats a byte count for humans (`512 B`, `12.5 MiB`).
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    // Precision loss is irrelevant for a display value.
+    #[allow(clippy::cast_precision_loss)]
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Fills the status of a live (not expired) dataset from its plan.
+#[allow(clippy::too_many_arguments)]
+pub fn fill(
+    status: &mut ArrowDatasetStatus,
+    plan: &Plan,
+    id: &DatasetId,
+    signer: Option<&TicketSigner>,
+    endpoint: String,
+    preload: bool,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) {
+    status.observed_generation = generation;
+    status.endpoint = Some(endpoint);
+    status.expires_at = Some(ttl::format_instant(plan.expires_at));
+    status.versions = Some(i64::try_from(plan.remaining).unwrap_or(i64::MAX));
+    clear_condition(&mut status.conditions, "CleanupBlocked");
+    match &plan.newest {
+        None => {
+            status.phase = DatasetPhase::Pending;
+            status.message =
+                Some("waiting for a first version: upload it with DoPut or set spec.source".into());
+            status.ticket = None;
+            status.version = None;
+            status.rows = None;
+            status.bytes = None;
+            status.stored_bytes = None;
+            status.size = None;
+            status.tier = None;
+            set_condition(
+                &mut status.conditions,
+                NewCondition {
+                    type_: "Ready",
+                    status: false,
+                    reason: "NoVersion",
+                    message: "no version has been uploaded or loaded yet".into(),
+                },
+                generation,
+                now,
+            );
+        }
+        Some((manifest, _)) => {
+            status.phase = DatasetPhase::Ready;
+            status.message = Some(format!(
+                "version {} is readable until {}",
+                manifest.version,
+                ttl::format_instant(plan.expires_at)
+            ));
+            status.ticket = Some(Ticket::new(id.clone(), manifest.version).encode(signer));
+            status.version = Some(to_i64(manifest.version));
+            status.rows = Some(to_i64(manifest.rows));
+            status.bytes = Some(to_i64(manifest.bytes));
+            status.stored_bytes = Some(to_i64(manifest.stored_bytes));
+            status.size = Some(human_bytes(manifest.bytes));
+            // The operator only knows the durable copy; nodes cache what they serve.
+            status.tier = Some(Tier::Storage);
+            set_condition(
+                &mut status.conditions,
+                NewCondition {
+                    type_: "Ready",
+                    status: true,
+                    reason: "VersionAvailable",
+                    message: format!("version {} is readable", manifest.version),
+                },
+                generation,
+                now,
+            );
+        }
+    }
+    if preload {
+        set_condition(
+            &mut status.conditions,
+            NewCondition {
+                type_: "Preloaded",
+                status: false,
+                reason: "NotSupportedByNode",
+                message: "flight nodes offer no preload action yet; the first DoGet loads the \
+                          version into memory"
+                    .into(),
+            },
+            generation,
+            now,
+        );
+    } else {
+        clear_condition(&mut status.conditions, "Preloaded");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_read_like_kubectl_users_expect() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1.0 KiB");
+        assert_eq!(human_bytes(13_107_200), "12.5 MiB");
+        assert_eq!(human_bytes(u64::MAX), "16384.0 PiB");
+    }
+}

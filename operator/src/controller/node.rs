@@ -1,0 +1,137 @@
+//! How the operator talks to flight nodes: `load` a declarative source on the owner node and
+//! `evict` deleted datasets from every node's memory. Behind a trait so reconcile tests run
+//! without a node.
+
+use std::time::Duration;
+
+use flight_node::client::NodeClient;
+use flight_node::manifest::PutResult;
+use flight_node::name::DatasetId;
+use flight_node::node::LoadRequest;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+/// Where to reach a node, and the token to present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeTarget {
+    /// `grpc://host:port`.
+    pub uri: String,
+    /// Bearer token, when the pool has authentication.
+    pub token: Option<String>,
+}
+
+/// A failed node call.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("failed to {action} on node {uri}: {message}")]
+pub struct NodeError {
+    /// `load` or `evict`.
+    pub action: &'static str,
+    /// The node.
+    pub uri: String,
+    /// What the node (or the connection) said.
+    pub message: String,
+    /// Retrying the same request cannot succeed (bad source, unknown contract): wait for a
+    /// spec change instead.
+    pub permanent: bool,
+}
+
+/// The node operations the controllers use.
+pub trait NodeApi: Send + Sync {
+    /// Ingests `req.source` as a new version on `target` and returns its `PutResult`.
+    fn load(
+        &self,
+        target: NodeTarget,
+        req: LoadRequest,
+    ) -> BoxFuture<'static, Result<PutResult, NodeError>>;
+    /// Drops every cached version of `id` from `target`'s memory.
+    fn evict(&self, target: NodeTarget, id: DatasetId)
+        -> BoxFuture<'static, Result<(), NodeError>>;
+}
+
+/// Calls real nodes over Arrow Flight with [`NodeClient`].
+#[derive(Debug, Clone)]
+pub struct FlightNodes {
+    /// Upper bound of one call (a large `load` can take minutes).
+    pub timeout: Duration,
+}
+
+impl Default for FlightNodes {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+fn node_error(action: &'static str, uri: &str, e: &flight_node::Error) -> NodeError {
+    use flight_node::Error as E;
+    let permanent = matches!(
+        e,
+        E::InvalidArgument(_) | E::NotFound(_) | E::ContractViolation(_) | E::Unimplemented(_)
+    );
+    NodeError {
+        action,
+        uri: uri.to_owned(),
+        message: e.to_string(),
+        permanent,
+    }
+}
+
+fn timed_out(action: &'static str, uri: &str, after: Duration) -> NodeError {
+    NodeError {
+        action,
+        uri: uri.to_owned(),
+        message: format!("no answer within {after:?}"),
+        permanent: false,
+    }
+}
+
+impl NodeApi for FlightNodes {
+    fn load(
+        &self,
+        target: NodeTarget,
+        req: LoadRequest,
+    ) -> BoxFuture<'static, Result<PutResult, NodeError>> {
+        let timeout = self.timeout;
+        async move {
+            let call = async {
+                let mut client = NodeClient::connect(&target.uri, target.token.as_deref())
+                    .await
+                    .map_err(|e| node_error("load", &target.uri, &e))?;
+                client
+                    .load(&req)
+                    .await
+                    .map_err(|e| node_error("load", &target.uri, &e))
+            };
+            tokio::time::timeout(timeout, call)
+                .await
+                .map_err(|_| timed_out("load", &target.uri, timeout))?
+        }
+        .boxed()
+    }
+
+    fn evict(
+        &self,
+        target: NodeTarget,
+        id: DatasetId,
+    ) -> BoxFuture<'static, Result<(), NodeError>> {
+        // Eviction is best effort and must not hold up a deletion.
+        let timeout = self.timeout.min(Duration::from_secs(10));
+        async move {
+            let call = async {
+                let mut client = NodeClient::connect(&target.uri, target.token.as_deref())
+                    .await
+                    .map_err(|e| node_error("evict", &target.uri, &e))?;
+                client
+                    .evict(&id, None)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| node_error("evict", &target.uri, &e))
+            };
+            tokio::time::timeout(timeout, call)
+                .await
+                .map_err(|_| timed_out("evict", &target.uri, timeout))?
+        }
+        .boxed()
+    }
+}

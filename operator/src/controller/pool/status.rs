@@ -1,0 +1,102 @@
+//! Pure status computation of the FlightPool controller.
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kube::ResourceExt;
+
+use super::build;
+use crate::controller::{set_condition, NewCondition};
+use crate::crd::{FlightPool, FlightPoolStatus};
+
+/// Status of a pool whose objects were applied; `sts` is the StatefulSet as the API server
+/// returned it (with its status).
+pub fn observed(
+    pool: &FlightPool,
+    sts: &StatefulSet,
+    datasets: i32,
+    now: DateTime<Utc>,
+) -> FlightPoolStatus {
+    let generation = pool.metadata.generation;
+    let mut status = pool.status.clone().unwrap_or_default();
+    let desired = pool.spec.replicas;
+    let (replicas, ready) = sts
+        .status
+        .as_ref()
+        .map(|s| (s.replicas, s.ready_replicas.unwrap_or(0)))
+        .unwrap_or((0, 0));
+    status.replicas = replicas;
+    status.ready_replicas = ready;
+    status.datasets = datasets;
+    status.observed_generation = generation;
+    status.endpoint = Some(build::endpoint(
+        &pool.name_any(),
+        &pool.namespace().unwrap_or_default(),
+        &pool.spec,
+    ));
+    set_condition(
+        &mut status.conditions,
+        NewCondition {
+            type_: "Valid",
+            status: true,
+            reason: "Accepted",
+            message: "the spec was accepted".into(),
+        },
+        generation,
+        now,
+    );
+    let (ok, reason, message) = if desired == 0 {
+        (false, "ScaledToZero", "the pool has no replicas".to_owned())
+    } else if ready >= desired {
+        (
+            true,
+            "AllReplicasReady",
+            format!("{ready}/{desired} replicas ready"),
+        )
+    } else {
+        (
+            false,
+            "ReplicasNotReady",
+            format!("{ready}/{desired} replicas ready"),
+        )
+    };
+    set_condition(
+        &mut status.conditions,
+        NewCondition {
+            type_: "Ready",
+            status: ok,
+            reason,
+            message,
+        },
+        generation,
+        now,
+    );
+    status
+}
+
+/// Status of a pool whose spec was refused: the last observed counts stay, both conditions
+/// say why.
+pub fn invalid(
+    pool: &FlightPool,
+    datasets: i32,
+    message: &str,
+    now: DateTime<Utc>,
+) -> FlightPoolStatus {
+    let generation = pool.metadata.generation;
+    let mut status = pool.status.clone().unwrap_or_default();
+    status.datasets = datasets;
+    status.observed_generation = generation;
+    for type_ in ["Valid", "Ready"] {
+        set_condition(
+            &mut status.conditions,
+            NewCondition {
+                type_,
+                status: false,
+                reason: "InvalidSpec",
+                message: message.to_owned(),
+            },
+            generation,
+            now,
+        );
+    }
+    status
+}

@@ -1,0 +1,6 @@
+//! `flight-operator` binary: flags in, library out.
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    flight_operator::config::parse_and_run().await
+}
