@@ -65,10 +65,10 @@ PROFILES = {
                   reps=1, warmup=0, latency_calls=20, latency_warmup=5, mem_gets=1),
     # Under 3 minutes.
     "quick": dict(big_mb=100, csv_mb=60, cold_mb=100, json_rows=100_000, small_rows=1_000,
-                  reps=3, warmup=1, latency_calls=200, latency_warmup=20, mem_gets=2),
+                  reps=5, warmup=1, latency_calls=300, latency_warmup=30, mem_gets=3),
     # Under 15 minutes.
     "full": dict(big_mb=300, csv_mb=200, cold_mb=300, json_rows=200_000, small_rows=1_000,
-                 reps=7, warmup=1, latency_calls=500, latency_warmup=50, mem_gets=3),
+                 reps=9, warmup=1, latency_calls=1_000, latency_warmup=50, mem_gets=5),
 }
 
 # Targets from DESIGN.md "Performance targets": (op, value). ">=" for speed ratios,
@@ -480,14 +480,19 @@ def sc_json(ctx: Ctx) -> None:
                                 "--parquet", str(pq_path)])
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
 
+        split: dict[str, list[float]] = {"upload": [], "download": []}
+
         def flight_roundtrip():
-            def run():
-                up = pa.Table.from_pandas(df, preserve_index=False)
-                ticket = put_table(node.client, "bench", "frame", up)["ticket"]
-                return get_table(node.client, ticket).to_pandas()
-            t, out = timed(run)
+            t0 = time.perf_counter()
+            up = pa.Table.from_pandas(df, preserve_index=False)
+            ticket = put_table(node.client, "bench", "frame", up)["ticket"]
+            t1 = time.perf_counter()
+            out = get_table(node.client, ticket).to_pandas()
+            t2 = time.perf_counter()
             expect_rows("Flight upload+download", len(out), len(df))
-            return t
+            split["upload"].append(t1 - t0)
+            split["download"].append(t2 - t1)
+            return t2 - t0
 
         def json_roundtrip():
             def run():
@@ -512,15 +517,22 @@ def sc_json(ctx: Ctx) -> None:
         jsrv.stop()
     names = list(times)
     c = {k: summarize(v, arrow_bytes) for k, v in times.items()}
+    w_ = ctx.p["warmup"]
+    up_s, down_s = (statistics.median(split[k][w_:]) for k in ("upload", "download"))
     ratios = {"flight_vs_json": c[names[1]]["median_s"] / c[names[0]]["median_s"],
               "json_mbps": c[names[1]]["mbps_median"],
-              "flight_roundtrip_mbps": c[names[0]]["mbps_median"]}
+              "flight_roundtrip_mbps": c[names[0]]["mbps_median"],
+              "flight_upload_s": up_s, "flight_download_s": down_s,
+              "flight_download_only_vs_json": c[names[1]]["median_s"] / down_s}
     section(ctx, "json", "Flight vs JSON: time to a usable DataFrame",
             f"A pandas DataFrame of {len(df):,} rows ({arrow_bytes / MB:.1f} MB as Arrow; "
             f"{payload.get('bytes', 0) / MB:.1f} MB as JSON records). JSON: a separate HTTP server "
             f"process serializes with `to_json(orient=\"records\")` per request, the harness "
             f"parses with `read_json`. Flight: the harness uploads the same frame to flight-node "
-            f"(durable write included) and downloads it back to pandas. MB/s are Arrow bytes.",
+            f"(durable write included) and downloads it back to pandas. MB/s are Arrow bytes. "
+            f"`flight_upload_s` (from_pandas + DoPut) and `flight_download_s` (DoGet + "
+            f"to_pandas) split our median; `flight_download_only_vs_json` compares the read "
+            f"side alone.",
             c, ratios)
 
 
@@ -661,7 +673,7 @@ def sc_cold(ctx: Ctx) -> None:
         manifest = json.loads(s3.get_object(
             Bucket="bench", Key=f"pool/bench/cold/v{res['version']}.manifest.json")["Body"].read())
         paths = [f"bench/pool/{p['path']}" for p in manifest["parts"]]
-        stored = sum(p.get("stored_bytes", 0) for p in manifest["parts"])
+        stored = manifest.get("storedBytes", 0)
         fs = pafs.S3FileSystem(endpoint_override=endpoint.removeprefix("http://"), scheme="http",
                                access_key="test", secret_key="test", region="us-east-1")
 
@@ -854,7 +866,8 @@ def machine_info(binary: Path) -> dict:
                 mem = int(line.split()[1]) * 1024
     except OSError:
         pass
-    commit = sh(["git", "rev-parse", "HEAD"], cwd=REPO)
+    commit = sh(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO)
+    node_commit = sh(["git", "log", "-1", "--format=%h %s", "--", "flight-node"], cwd=REPO)
     dirty = bool(sh(["git", "status", "--porcelain", "--", "flight-node", "Cargo.toml", "Cargo.lock"], cwd=REPO))
     return {
         "cpu": cpu or platform.processor(), "cores": os.cpu_count(),
@@ -862,6 +875,7 @@ def machine_info(binary: Path) -> dict:
         "python": platform.python_version(), "pyarrow": pa.__version__, "pandas": pd.__version__,
         "numpy": np.__version__, "rustc": sh(["rustc", "--version"]),
         "commit": commit + (" (flight-node has uncommitted changes)" if dirty else ""),
+        "node_last_change": node_commit,
         "binary": str(binary),
         "binary_built": dt.datetime.fromtimestamp(binary.stat().st_mtime).isoformat(timespec="seconds"),
         "node_flags": " ".join(NODE_FLAGS),
@@ -897,7 +911,9 @@ def write_report(ctx: Ctx, meta: dict, errors: dict, out_md: Path, png_name: str
              f"at the same time: compare ratios within one run, not absolute numbers across runs.")
     L.append(f"- Versions: Python {m['python']}, pyarrow {m['pyarrow']}, pandas {m['pandas']}, "
              f"numpy {m['numpy']}, {m['rustc']}")
-    L.append(f"- flight-node commit {m['commit']}; binary {m['binary']} built {m['binary_built']}; "
+    L.append(f"- Repository at {m['commit']}; last change to flight-node: "
+             f"{m.get('node_last_change', '')}")
+    L.append(f"- Binary {m['binary']} built {m['binary_built']}; "
              f"flags `{m['node_flags']}`")
     L.append(f"- Method: every scenario runs ours and its peer in the same run, interleaved "
              f"(ours, peer, ours, peer, …), {ctx.p['reps']} measured repetition(s) after "
@@ -986,13 +1002,15 @@ def write_plot(results: dict, out_png: Path) -> bool:
             ax.hlines(t[1], i - 0.4, i + 0.4, colors="black", linestyles="dashed", linewidth=1.5)
             ax.annotate(f"target {t[0]} {t[1]:g}", (i, t[1]), textcoords="offset points",
                         xytext=(0, 4), ha="center", fontsize=7)
-        ax.annotate(f"{vals[i]:.2f}", (i, vals[i]), textcoords="offset points", xytext=(0, -12),
-                    ha="center", fontsize=8, color="white", fontweight="bold")
+        ax.annotate(f"{vals[i]:.2f}", (i, vals[i]), textcoords="offset points", xytext=(0, 3),
+                    ha="center", va="bottom", fontsize=9, fontweight="bold")
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set_yscale("log")
     ax.set_xticks(x)
     ax.set_xticklabels(keys, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("ratio (log scale); speed: > 1 = flight-node faster; rss_ratio: lower is better")
+    ax.set_ylabel("ratio (log scale)")
+    ax.set_xlabel("speed ratios: ours ÷ peer, > 1 = flight-node faster; rss_ratio: lower is better",
+                  fontsize=8)
     ax.set_title("flight-node vs peers (green: target met, orange: short, grey: no target)",
                  fontsize=10)
     fig.tight_layout()
