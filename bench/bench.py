@@ -65,10 +65,10 @@ PROFILES = {
                   reps=1, warmup=0, latency_calls=20, latency_warmup=5, mem_gets=1),
     # Under 3 minutes.
     "quick": dict(big_mb=100, csv_mb=60, cold_mb=100, json_rows=100_000, small_rows=1_000,
-                  reps=5, warmup=1, latency_calls=300, latency_warmup=30, mem_gets=3),
+                  reps=7, warmup=1, latency_calls=300, latency_warmup=30, mem_gets=3),
     # Under 15 minutes.
     "full": dict(big_mb=300, csv_mb=200, cold_mb=300, json_rows=200_000, small_rows=1_000,
-                 reps=9, warmup=1, latency_calls=1_000, latency_warmup=50, mem_gets=5),
+                 reps=15, warmup=1, latency_calls=1_000, latency_warmup=50, mem_gets=5),
 }
 
 # Targets from DESIGN.md "Performance targets": (op, value). ">=" for speed ratios,
