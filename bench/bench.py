@@ -1037,6 +1037,9 @@ def main(argv=None) -> int:
                          "all scenarios, a temporary directory for --smoke and --only)")
     ap.add_argument("--binary", default=os.environ.get("FLIGHT_NODE_BIN",
                                                       str(REPO / "target" / "release" / "flight-node")))
+    ap.add_argument("--reps", type=int, help="measured repetitions per scenario (overrides the profile)")
+    ap.add_argument("--big-mb", type=float,
+                    help="size of the DoGet/DoPut/memory/cold table in MB (overrides the profile)")
     ap.add_argument("--keep-work", action="store_true", help="keep the scratch directory (logs, data)")
     args = ap.parse_args(argv)
 
@@ -1071,7 +1074,12 @@ def main(argv=None) -> int:
     load_start = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     log(f"profile {profile}; scenarios {','.join(scenarios)}; load average {load_start}; "
         f"scratch {work}")
-    ctx = Ctx(profile=profile, p=PROFILES[profile], binary=binary, work=work)
+    p = dict(PROFILES[profile])
+    if args.reps:
+        p["reps"] = args.reps
+    if args.big_mb:
+        p["big_mb"] = p["cold_mb"] = args.big_mb
+    ctx = Ctx(profile=profile, p=p, binary=binary, work=work)
     errors: dict[str, str] = {}
     t_start = time.perf_counter()
     try:
