@@ -866,9 +866,13 @@ def machine_info(binary: Path) -> dict:
                 mem = int(line.split()[1]) * 1024
     except OSError:
         pass
-    commit = sh(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO)
-    node_commit = sh(["git", "log", "-1", "--format=%h %s", "--", "flight-node"], cwd=REPO)
-    dirty = bool(sh(["git", "status", "--porcelain", "--", "flight-node", "Cargo.toml", "Cargo.lock"], cwd=REPO))
+    # FLIGHT_NODE_COMMIT: the commit a binary outside this checkout was built from.
+    override = os.environ.get("FLIGHT_NODE_COMMIT", "").strip()
+    rev = override or "HEAD"
+    commit = sh(["git", "rev-parse", "--short=12", rev], cwd=REPO) or override
+    node_commit = sh(["git", "log", "-1", "--format=%h %s", rev, "--", "flight-node"], cwd=REPO)
+    dirty = not override and bool(sh(["git", "status", "--porcelain", "--", "flight-node",
+                                      "Cargo.toml", "Cargo.lock"], cwd=REPO))
     return {
         "cpu": cpu or platform.processor(), "cores": os.cpu_count(),
         "memory_gib": round(mem / (1 << 30), 1), "kernel": platform.release(),
