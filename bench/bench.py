@@ -1006,12 +1006,10 @@ def write_plot(results: dict, out_png: Path) -> bool:
             ax.hlines(t[1], i - 0.4, i + 0.4, colors="black", linestyles="dashed", linewidth=1.5)
             ax.annotate(f"target {t[0]} {t[1]:g}", (i, t[1]), textcoords="offset points",
                         xytext=(0, 4), ha="center", fontsize=7)
-        ax.annotate(f"{vals[i]:.2f}", (i, vals[i]), textcoords="offset points", xytext=(0, 3),
-                    ha="center", va="bottom", fontsize=9, fontweight="bold")
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set_yscale("log")
     ax.set_xticks(x)
-    ax.set_xticklabels(keys, rotation=20, ha="right", fontsize=8)
+    ax.set_xticklabels([f"{k}\n{v:.2f}" for k, v in zip(keys, vals)], fontsize=8)
     ax.set_ylabel("ratio (log scale)")
     ax.set_xlabel("speed ratios: ours ÷ peer, > 1 = flight-node faster; rss_ratio: lower is better",
                   fontsize=8)
