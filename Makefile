@@ -27,6 +27,7 @@ test: venv build
 	MOTO_SERVER=$(abspath $(VENV))/bin/moto_server $(CARGO) test --workspace
 	FLIGHT_NODE_BIN=$(abspath target/debug/flight-node) $(VENV)/bin/python -m pytest -q tests/python
 	FLIGHT_NODE_BIN=$(abspath target/debug/flight-node) $(VENV)/bin/python -m pytest -q clients/python/tests
+	$(VENV)/bin/python -m pytest -q tests/chart
 
 lint:
 	$(CARGO) fmt --all -- --check
