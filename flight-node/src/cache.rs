@@ -276,6 +276,15 @@ impl Cache {
         keys.len()
     }
 
+    /// Every cached version with its size, most recently used first.
+    pub fn entries(&self) -> Vec<(CacheKey, usize)> {
+        self.state()
+            .tables
+            .iter()
+            .map(|(k, t)| (k.clone(), t.bytes))
+            .collect()
+    }
+
     pub fn contains(&self, key: &CacheKey) -> bool {
         self.state().tables.contains(key)
     }

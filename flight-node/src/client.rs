@@ -9,7 +9,7 @@ use arrow_flight::{Action, FlightClient, FlightDescriptor, FlightInfo};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::error::{Error, Result};
 use crate::manifest::PutResult;
@@ -44,18 +44,51 @@ fn status(e: arrow_flight::error::FlightError) -> Error {
 impl NodeClient {
     /// Connects to `grpc://host:port` (or `http://`), with an optional bearer token.
     pub async fn connect(uri: &str, token: Option<&str>) -> Result<Self> {
-        let http = uri
+        Self::connect_with(uri, token, None).await
+    }
+
+    /// Connects to `grpc://` or, with TLS, `grpc+tls://host:port`, trusting `ca_pem` (PEM
+    /// certificates) or else the system's roots.
+    pub async fn connect_with(
+        uri: &str,
+        token: Option<&str>,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self> {
+        let (http, tls) = if let Some(rest) = uri.strip_prefix("grpc+tls://") {
+            (format!("https://{rest}"), true)
+        } else if let Some(rest) = uri
             .strip_prefix("grpc://")
             .or_else(|| uri.strip_prefix("grpc+tcp://"))
-            .map(|rest| format!("http://{rest}"))
-            .unwrap_or_else(|| uri.to_string());
-        let channel: Channel = Endpoint::from_shared(http)
+        {
+            (format!("http://{rest}"), false)
+        } else {
+            (uri.to_string(), uri.starts_with("https://"))
+        };
+        let mut endpoint = Endpoint::from_shared(http)
             .map_err(|e| Error::invalid(format!("invalid node URI {uri:?}: {e}")))?
             .connect_timeout(Duration::from_secs(10))
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| Error::Internal(format!("failed to connect to {uri}: {e}")))?;
+            .tcp_nodelay(true);
+        if tls {
+            // Several TLS back-ends are linked in; choose one for the process.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let config = match ca_pem {
+                Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+                None => ClientTlsConfig::new().with_native_roots(),
+            };
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|e| Error::invalid(format!("invalid TLS settings for {uri}: {e}")))?;
+        }
+        let channel: Channel = endpoint.connect().await.map_err(|e| {
+            // tonic's transport error says little on its own; its sources say why.
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                why.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            Error::Internal(format!("failed to connect to {uri}: {why}"))
+        })?;
         let mut inner = FlightClient::new(channel);
         if let Some(t) = token {
             inner
@@ -148,6 +181,15 @@ impl NodeClient {
             .as_array()
             .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
             .unwrap_or_default())
+    }
+
+    /// `preload`: bring a version (the newest by default) into the node's memory; returns
+    /// whether it is cached now.
+    pub async fn preload(&mut self, id: &DatasetId, version: Option<u64>) -> Result<bool> {
+        let v: serde_json::Value = self
+            .action("preload", to_vec(&dataset_ref(id, version))?)
+            .await?;
+        Ok(v["cached"].as_bool().unwrap_or(false))
     }
 
     /// `stats`: the node's cache figures as JSON.

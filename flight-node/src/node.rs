@@ -121,6 +121,18 @@ pub struct NodeStats {
     pub storage_url: String,
     #[serde(flatten)]
     pub cache: CacheStats,
+    /// The versions held in memory (what the operator reports as tier `Memory`).
+    pub tables: Vec<CachedTableInfo>,
+}
+
+/// One version held in memory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedTableInfo {
+    pub namespace: String,
+    pub name: String,
+    pub version: u64,
+    pub bytes: u64,
 }
 
 /// Shared state of a running node.
@@ -515,23 +527,7 @@ impl Node {
         if let Some(t) = self.cache.get(&key) {
             return Ok(stream::iter(t.messages(part).map(Ok)).boxed());
         }
-        let estimate = usize::try_from(manifest.bytes).unwrap_or(usize::MAX);
-        if self.cache.fits(estimate) {
-            let lock = self.load_lock(&key);
-            let guard = lock.lock().await;
-            let table = match self.cache.peek(&key) {
-                Some(t) => t,
-                None => {
-                    let t = Arc::new(self.load_table(manifest).await?);
-                    self.cache.insert(key.clone(), Arc::clone(&t));
-                    t
-                }
-            };
-            drop(guard);
-            self.loading
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
+        if let Some(table) = self.ensure_cached(manifest).await? {
             return Ok(stream::iter(table.messages(part).map(Ok)).boxed());
         }
         // Too large for memory: stream part by part, one part resident at a time.
@@ -555,6 +551,51 @@ impl Node {
             })
             .try_flatten();
         Ok(stream::once(async { Ok(head) }).chain(body).boxed())
+    }
+
+    /// The cached table of a version, loading it from storage once if it is missing (other
+    /// readers of the same version wait for that load). `None` when it cannot fit in memory.
+    pub async fn ensure_cached(&self, manifest: &Manifest) -> Result<Option<Arc<EncodedTable>>> {
+        let key = (manifest.dataset()?, manifest.version);
+        if let Some(t) = self.cache.peek(&key) {
+            return Ok(Some(t));
+        }
+        let estimate = usize::try_from(manifest.bytes).unwrap_or(usize::MAX);
+        if !self.cache.fits(estimate) {
+            return Ok(None);
+        }
+        let lock = self.load_lock(&key);
+        let guard = lock.lock().await;
+        let table = match self.cache.peek(&key) {
+            Some(t) => t,
+            None => {
+                let t = Arc::new(self.load_table(manifest).await?);
+                self.cache.insert(key.clone(), Arc::clone(&t));
+                t
+            }
+        };
+        drop(guard);
+        self.loading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        Ok(Some(table))
+    }
+
+    /// The `preload` action: brings a version (the newest by default) into memory ahead of
+    /// its first read. Returns the manifest and whether it is now cached.
+    pub async fn preload(
+        &self,
+        id: &DatasetId,
+        version: Option<u64>,
+    ) -> Result<(Arc<Manifest>, bool)> {
+        let manifest = match version {
+            Some(v) => self.resolve(&Ticket::new(id.clone(), v)).await?,
+            None => self.latest(id).await?,
+        };
+        let cached = self.ensure_cached(&manifest).await?.is_some()
+            && self.cache.contains(&(id.clone(), manifest.version));
+        Ok((manifest, cached))
     }
 
     fn load_lock(&self, key: &CacheKey) -> Arc<tokio::sync::Mutex<()>> {
@@ -674,6 +715,17 @@ impl Node {
             node: self.placement.advertise_uri().map(str::to_string),
             storage_url: self.storage.url().to_string(),
             cache: self.cache.stats(),
+            tables: self
+                .cache
+                .entries()
+                .into_iter()
+                .map(|((id, version), bytes)| CachedTableInfo {
+                    namespace: id.namespace().to_string(),
+                    name: id.name().to_string(),
+                    version,
+                    bytes: bytes as u64,
+                })
+                .collect(),
         }
     }
 }

@@ -89,10 +89,12 @@ pub async fn start(config: Config) -> Result<RunningNode> {
     let (shutdown, rx) = watch::channel(false);
 
     let max_message = usize::try_from(config.max_message_size).unwrap_or(usize::MAX);
-    let service =
-        FlightServiceServer::new(FlightNodeService::new(Arc::clone(&node), Arc::clone(&auth)))
-            .max_decoding_message_size(max_message)
-            .max_encoding_message_size(max_message);
+    let flight = FlightNodeService::new(Arc::clone(&node), Arc::clone(&auth));
+    let grpc_service = FlightServiceServer::new(flight.clone())
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    // DoGet is answered by the zero-copy path; every other method by tonic.
+    let service = crate::zerocopy::FlightRouter::new(grpc_service, flight);
     let mut builder = Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW)

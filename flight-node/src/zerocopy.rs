@@ -243,6 +243,150 @@ impl Body for GrpcBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use crate::auth::Auth;
+    use crate::contract::Contracts;
+    use crate::name::DatasetId;
+    use crate::node::{Limits, Node, PutOptions};
+    use crate::placement::Placement;
+    use crate::storage::Storage;
+
+    /// The response carries the cache's own body buffers (same addresses), and decodes to
+    /// the uploaded table: nothing was copied on the way out.
+    #[tokio::test]
+    async fn do_get_sends_the_cached_buffers_without_copying() {
+        let limits = Limits {
+            part_size: 1 << 20,
+            max_message_size: 64 << 20,
+            max_upload_size: 1 << 30,
+            max_upload_batches: 1000,
+            default_ttl: None,
+        };
+        let placement = Placement::new(None, None).unwrap();
+        let node = Arc::new(Node::new(
+            Storage::in_memory(),
+            1 << 30,
+            Contracts::default(),
+            None,
+            placement,
+            limits,
+        ));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..50_000)),
+                Arc::new(StringArray::from_iter_values(
+                    (0..50_000).map(|i| format!("v{i}")),
+                )),
+            ],
+        )
+        .unwrap();
+        let id = DatasetId::new("ns", "t").unwrap();
+        let stream = futures::stream::iter([Ok(batch.clone())]);
+        node.put(id.clone(), PutOptions::default(), schema, stream)
+            .await
+            .unwrap();
+        let cached = node.cache().peek(&(id, 1)).unwrap();
+        let cached_bodies: Vec<*const u8> = cached.parts[0]
+            .messages
+            .iter()
+            .filter(|m| !m.data_body.is_empty())
+            .map(|m| m.data_body.as_ptr())
+            .collect();
+        assert!(!cached_bodies.is_empty());
+
+        let service = FlightNodeService::new(Arc::clone(&node), Arc::new(Auth::disabled()));
+        let mut router = FlightRouter::new(FlightServiceServer::new(service.clone()), service);
+        let ticket = arrow_flight::Ticket::new("ads1:ns/t@1");
+        let mut request = vec![0u8];
+        request.extend_from_slice(&(ticket.encoded_len() as u32).to_be_bytes());
+        request.extend_from_slice(&ticket.encode_to_vec());
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("http://node/arrow.flight.protocol.FlightService/DoGet")
+            .header("content-type", "application/grpc")
+            .body(tonic::body::Body::new(http_body_util::Full::new(
+                Bytes::from(request),
+            )))
+            .unwrap();
+        let resp = tower::Service::call(&mut router, req).await.unwrap();
+        assert_eq!(resp.headers()["content-type"], "application/grpc");
+        let mut body = resp.into_body();
+        let (mut wire, mut sent_ptrs, mut trailers) = (Vec::new(), Vec::new(), None);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.unwrap();
+            if let Some(data) = frame.data_ref() {
+                sent_ptrs.push(data.as_ptr());
+                wire.extend_from_slice(data);
+            } else {
+                trailers = frame.into_trailers().ok();
+            }
+        }
+        assert_eq!(trailers.unwrap()["grpc-status"], "0");
+        for p in &cached_bodies {
+            assert!(
+                sent_ptrs.contains(p),
+                "a body buffer was copied instead of shared"
+            );
+        }
+        let mut messages = Vec::new();
+        let mut rest = &wire[..];
+        while !rest.is_empty() {
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            messages.push(FlightData::decode(&rest[5..5 + len]).unwrap());
+            rest = &rest[5 + len..];
+        }
+        let batches = arrow_flight::utils::flight_data_to_batches(&messages).unwrap();
+        assert_eq!(
+            arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap(),
+            batch
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_requests_get_a_status_not_a_stream() {
+        let placement = Placement::new(None, None).unwrap();
+        let limits = Limits {
+            part_size: 1 << 20,
+            max_message_size: 1 << 20,
+            max_upload_size: 1 << 20,
+            max_upload_batches: 10,
+            default_ttl: None,
+        };
+        let node = Arc::new(Node::new(
+            Storage::in_memory(),
+            1 << 20,
+            Contracts::default(),
+            None,
+            placement,
+            limits,
+        ));
+        let service = FlightNodeService::new(node, Arc::new(Auth::disabled()));
+        let mut router = FlightRouter::new(FlightServiceServer::new(service.clone()), service);
+        for (body, code) in [
+            (vec![], "3"),
+            (vec![1, 0, 0, 0, 0], "3"),
+            (vec![0, 0, 0, 0, 9, 1], "3"),
+            (vec![0, 0, 0, 0, 0], "3"),
+        ] {
+            let req = http::Request::builder()
+                .uri("http://node/arrow.flight.protocol.FlightService/DoGet")
+                .body(tonic::body::Body::new(http_body_util::Full::new(
+                    Bytes::from(body.clone()),
+                )))
+                .unwrap();
+            let resp = tower::Service::call(&mut router, req).await.unwrap();
+            assert_eq!(resp.headers()["grpc-status"], code, "{body:?}");
+        }
+    }
 
     #[test]
     fn frames_decode_as_protobuf_flight_data() {

@@ -836,3 +836,158 @@ async fn handshake_with_auth_off_echoes_and_ticket_signing_round_trips() {
     );
     node.stop().await;
 }
+
+#[tokio::test]
+async fn preload_brings_a_version_into_memory_and_stats_lists_it() {
+    let node = TestNode::start(|_| {}).await;
+    let mut c = node.client().await;
+    put(&mut c, descriptor("ns", "warm"), vec![batch(0, 100)])
+        .await
+        .unwrap();
+    action(
+        &mut c,
+        "evict",
+        serde_json::json!({"namespace": "ns", "name": "warm"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        action(&mut c, "stats", serde_json::Value::Null)
+            .await
+            .unwrap()["tables"],
+        serde_json::json!([])
+    );
+
+    let r = action(
+        &mut c,
+        "preload",
+        serde_json::json!({"namespace": "ns", "name": "warm"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r, serde_json::json!({"version": 1, "cached": true}));
+    let s = action(&mut c, "stats", serde_json::Value::Null)
+        .await
+        .unwrap();
+    let tables = s["tables"].as_array().unwrap();
+    assert_eq!(tables.len(), 1);
+    assert_eq!(
+        (
+            tables[0]["namespace"].as_str(),
+            tables[0]["name"].as_str(),
+            tables[0]["version"].as_u64()
+        ),
+        (Some("ns"), Some("warm"), Some(1))
+    );
+    // The first read after a preload is a hit.
+    let misses = s["misses"].as_u64().unwrap();
+    get(&mut c, "ads1:ns/warm@1").await.unwrap();
+    assert_eq!(
+        action(&mut c, "stats", serde_json::Value::Null)
+            .await
+            .unwrap()["misses"]
+            .as_u64()
+            .unwrap(),
+        misses
+    );
+    let err = action(
+        &mut c,
+        "preload",
+        serde_json::json!({"namespace": "ns", "name": "cold"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn tls_serves_clients_that_trust_its_certificate() {
+    // A CA and a server certificate it signs, for 127.0.0.1.
+    let dir = tempfile::tempdir().unwrap();
+    let p = |f: &str| dir.path().join(f);
+    std::fs::write(p("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("openssl is needed to make test certificates");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "tls.key",
+        "-out",
+        "tls.csr",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "tls.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "tls.crt",
+    ]);
+    let (cert, key) = (p("tls.crt"), p("tls.key"));
+    let node = TestNode::start(|c| {
+        c.tls_cert = Some(cert.clone());
+        c.tls_key = Some(key.clone());
+    })
+    .await;
+    let uri = format!("grpc+tls://127.0.0.1:{}", node.running().grpc_addr.port());
+    let ca = std::fs::read(p("ca.crt")).unwrap();
+    let mut client = flight_node::client::NodeClient::connect_with(&uri, None, Some(&ca))
+        .await
+        .unwrap();
+    let id = flight_node::name::DatasetId::new("ns", "secure").unwrap();
+    let r = client
+        .put(&id, schema(), vec![batch(0, 20)], Some("1h"), None)
+        .await
+        .unwrap();
+    assert_eq!(concat(&client.get(&r.ticket).await.unwrap()), batch(0, 20));
+    // A plaintext client cannot talk to the TLS port.
+    let plain = flight_node::client::NodeClient::connect(
+        &format!("grpc://127.0.0.1:{}", node.running().grpc_addr.port()),
+        None,
+    )
+    .await;
+    if let Ok(mut plain) = plain {
+        assert!(plain.get(&r.ticket).await.is_err());
+    }
+    node.stop().await;
+}
