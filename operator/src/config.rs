@@ -137,10 +137,20 @@ async fn shutdown_signal() {
     }
 }
 
+/// Selects ring as the process-wide rustls crypto provider.
+///
+/// Both ring and aws-lc-rs are compiled in (kube's TLS and the Flight client's), so rustls
+/// cannot pick one by itself and panics on the first TLS connection, e.g. to the API
+/// server. Call this before creating a [`kube::Client`]; calling it again is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Parses flags, connects to the cluster (in-cluster or kubeconfig) and runs the operator.
 pub async fn parse_and_run() -> ExitCode {
     let args = Args::parse();
     init_logging(&args.log_format);
+    install_crypto_provider();
     let client = match kube::Client::try_default().await {
         Ok(c) => c,
         Err(e) => {
@@ -182,6 +192,13 @@ mod tests {
         assert_eq!(config.controllers.build.default_image, DEFAULT_NODE_IMAGE);
         assert!(config.leader_election.is_none());
         assert_eq!(config.metrics_addr, "0.0.0.0:8080".parse().ok());
+    }
+
+    #[test]
+    fn a_crypto_provider_is_installed_for_tls() {
+        install_crypto_provider();
+        install_crypto_provider();
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
     }
 
     #[test]
