@@ -35,7 +35,7 @@ use crate::ticket::{Ticket, TicketSigner};
 
 /// Target size of one Flight message sent by `DoGet`. Large messages mean fewer gRPC
 /// frames per byte; it stays well below the default maximum message size.
-pub const TARGET_MESSAGE_SIZE: usize = 16 << 20;
+pub const TARGET_MESSAGE_SIZE: usize = 4 << 20;
 /// Rows per batch when decoding Parquet.
 const READ_BATCH_ROWS: usize = 64 * 1024;
 /// Parts fetched from storage at once when loading a version.
