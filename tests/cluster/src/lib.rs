@@ -204,6 +204,7 @@ pub fn kubectl_stdin(args: &[&str], stdin: &str) -> Output {
 
 /// A client from a kubeconfig file.
 pub async fn client_from(kubeconfig: &Path) -> Client {
+    flight_operator::config::install_crypto_provider();
     let kc = Kubeconfig::read_from(kubeconfig)
         .unwrap_or_else(|e| panic!("read kubeconfig {}: {e}", kubeconfig.display()));
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
