@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 CARGO ?= cargo
 
-.PHONY: run test test-rust test-python venv build fmt lint clean-data
+.PHONY: run test test-rust test-python test-cluster venv build fmt lint clean-data
 
 ## run: start a standalone Flight node (gRPC :8815, HTTP :8816, data in ./data)
 run:
@@ -24,10 +24,22 @@ build:
 
 ## test: everything: Rust unit + integration tests (S3 via moto_server), Python interop
 test: venv build
-	MOTO_SERVER=$(abspath $(VENV))/bin/moto_server $(CARGO) test --workspace
+	MOTO_SERVER=$(abspath $(VENV))/bin/moto_server $(CARGO) test --workspace --exclude cluster-tests
 	FLIGHT_NODE_BIN=$(abspath target/debug/flight-node) $(VENV)/bin/python -m pytest -q tests/python
 	FLIGHT_NODE_BIN=$(abspath target/debug/flight-node) $(VENV)/bin/python -m pytest -q clients/python/tests
 	$(VENV)/bin/python -m pytest -q tests/chart
+	$(MAKE) test-cluster
+
+## test-cluster: the operator against a real kube-apiserver + etcd (tests/k8s/control-plane);
+## kube-apiserver is built with Go from the Go module proxy (cached in target/k8s)
+K8S_TEST_STATE ?= $(abspath target/k8s/test-cluster)
+test-cluster: venv
+	tests/k8s/control-plane build
+	K8S_STATE_DIR=$(K8S_TEST_STATE) tests/k8s/control-plane down
+	set -euo pipefail; export K8S_STATE_DIR=$(K8S_TEST_STATE); \
+	trap 'tests/k8s/control-plane down' EXIT; \
+	tests/k8s/control-plane up; \
+	$(CARGO) test -p cluster-tests
 
 lint:
 	$(CARGO) fmt --all -- --check

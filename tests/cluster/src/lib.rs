@@ -346,8 +346,9 @@ impl Operator {
     /// Count of finished reconciles of a controller (`pool` or `dataset`).
     pub fn reconciles(&self, controller: &str) -> u64 {
         let text = self.metrics.encode().expect("encode metrics");
-        let prefix =
-            format!("flight_operator_reconcile_duration_seconds_count{{controller=\"{controller}\"");
+        let prefix = format!(
+            "flight_operator_reconcile_duration_seconds_count{{controller=\"{controller}\""
+        );
         text.lines()
             .filter(|l| l.starts_with(&prefix))
             .filter_map(|l| l.rsplit(' ').next())

@@ -128,7 +128,9 @@ async fn crds_are_accepted_structural_and_established() {
         assert_eq!(ar.version, "v1alpha1");
         assert_eq!(caps.scope, Scope::Namespaced);
         assert!(
-            caps.subresources.iter().any(|(sub, _)| sub.plural == "status"),
+            caps.subresources
+                .iter()
+                .any(|(sub, _)| sub.plural == "status"),
             "{kind} has no status subresource"
         );
     }
@@ -146,8 +148,11 @@ async fn bad_ttls_are_rejected_by_the_api_server() {
         .enumerate()
     {
         let err = rejected(
-            api.create(&pp, &dataset(&format!("bad-{i}"), json!({"pool": "p", "ttl": ttl})))
-                .await,
+            api.create(
+                &pp,
+                &dataset(&format!("bad-{i}"), json!({"pool": "p", "ttl": ttl})),
+            )
+            .await,
             &format!("ArrowDataset with ttl {ttl:?}"),
         );
         assert!(
@@ -158,9 +163,12 @@ async fn bad_ttls_are_rejected_by_the_api_server() {
     }
     // Good ones pass, so the rejections above are about the values.
     for (i, ttl) in ["90s", "1h30m", "7d", "2w", "10m"].into_iter().enumerate() {
-        api.create(&pp, &dataset(&format!("good-{i}"), json!({"pool": "p", "ttl": ttl})))
-            .await
-            .unwrap_or_else(|e| panic!("ttl {ttl:?} should be accepted: {e}"));
+        api.create(
+            &pp,
+            &dataset(&format!("good-{i}"), json!({"pool": "p", "ttl": ttl})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("ttl {ttl:?} should be accepted: {e}"));
     }
 
     // The pool's default TTL has the same rule.
@@ -191,7 +199,10 @@ async fn bad_pools_are_rejected_by_the_api_server() {
     let err = rejected(
         api.create(
             &pp,
-            &pool("negative", json!({"replicas": -1, "storage": {"url": "file:///tmp/x"}})),
+            &pool(
+                "negative",
+                json!({"replicas": -1, "storage": {"url": "file:///tmp/x"}}),
+            ),
         )
         .await,
         "FlightPool with replicas -1",
@@ -199,7 +210,8 @@ async fn bad_pools_are_rejected_by_the_api_server() {
     assert!(err.message.contains("spec.replicas"), "{}", err.message);
 
     let err = rejected(
-        api.create(&pp, &pool("no-storage", json!({"replicas": 1}))).await,
+        api.create(&pp, &pool("no-storage", json!({"replicas": 1})))
+            .await,
         "FlightPool without storage",
     );
     assert!(err.message.contains("spec.storage"), "{}", err.message);
@@ -207,7 +219,10 @@ async fn bad_pools_are_rejected_by_the_api_server() {
     let err = rejected(
         api.create(
             &pp,
-            &pool("http-url", json!({"storage": {"url": "http://minio:9000/bucket"}})),
+            &pool(
+                "http-url",
+                json!({"storage": {"url": "http://minio:9000/bucket"}}),
+            ),
         )
         .await,
         "FlightPool with an http:// storage URL",
@@ -229,10 +244,18 @@ async fn bad_pools_are_rejected_by_the_api_server() {
 
     // A valid pool passes and gets the schema defaults.
     let created = api
-        .create(&pp, &pool("fine", json!({"storage": {"url": "file:///tmp/x"}})))
+        .create(
+            &pp,
+            &pool("fine", json!({"storage": {"url": "file:///tmp/x"}})),
+        )
         .await
         .expect("a minimal pool is accepted");
-    assert_eq!(created.data["spec"]["replicas"], json!(1), "{:#?}", created.data);
+    assert_eq!(
+        created.data["spec"]["replicas"],
+        json!(1),
+        "{:#?}",
+        created.data
+    );
     assert_eq!(created.data["spec"]["defaultTtl"], json!("24h"));
     assert_eq!(created.data["spec"]["storage"]["allowHttp"], json!(false));
 }
@@ -265,7 +288,10 @@ async fn unknown_pool_fields_are_rejected() {
     // kubectl apply refuses it too.
     let yaml = serde_yaml::to_string(&typo).expect("yaml");
     let out = kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], &yaml);
-    assert!(!out.status.success(), "kubectl apply accepted unknown fields");
+    assert!(
+        !out.status.success(),
+        "kubectl apply accepted unknown fields"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("unknown field") && stderr.contains("bucketName"),
@@ -274,7 +300,11 @@ async fn unknown_pool_fields_are_rejected() {
 
     // Server-side apply refuses unknown fields whatever the validation level.
     match api
-        .patch("typo", &PatchParams::apply("cluster-tests"), &Patch::Apply(&typo))
+        .patch(
+            "typo",
+            &PatchParams::apply("cluster-tests"),
+            &Patch::Apply(&typo),
+        )
         .await
     {
         Err(kube::Error::Api(e)) => assert!(e.message.contains("spec.replica"), "{}", e.message),
@@ -287,7 +317,11 @@ async fn unknown_pool_fields_are_rejected() {
         .create(&PostParams::default(), &typo)
         .await
         .expect("a non-strict create prunes unknown fields");
-    assert!(pruned.data["spec"].get("replica").is_none(), "{:#?}", pruned.data);
+    assert!(
+        pruned.data["spec"].get("replica").is_none(),
+        "{:#?}",
+        pruned.data
+    );
     assert!(
         pruned.data["spec"]["storage"].get("bucketName").is_none(),
         "{:#?}",

@@ -65,7 +65,11 @@ fn table(text: &str) -> Vec<Vec<(String, String)>> {
                 .iter()
                 .enumerate()
                 .map(|(k, &start)| {
-                    let end = starts.get(k + 1).copied().unwrap_or(line.len()).min(line.len());
+                    let end = starts
+                        .get(k + 1)
+                        .copied()
+                        .unwrap_or(line.len())
+                        .min(line.len());
                     let cell = line.get(start.min(line.len())..end).unwrap_or("").trim();
                     (names[k].clone(), cell.to_owned())
                 })
@@ -88,7 +92,14 @@ async fn kubectl_get_shows_printer_columns_with_values() {
     let ns = unique_namespace(&client, "columns").await;
     let store = tempfile::tempdir().expect("tempdir");
     let url = format!("file://{}", store.path().display());
-    let manifest = seed_version(&url, &ns, "sales", Some(Duration::from_secs(6 * 3600)), 1000).await;
+    let manifest = seed_version(
+        &url,
+        &ns,
+        "sales",
+        Some(Duration::from_secs(6 * 3600)),
+        1000,
+    )
+    .await;
     assert_eq!(manifest.version, 1);
     assert_eq!(manifest.rows, 1000);
 
@@ -96,15 +107,24 @@ async fn kubectl_get_shows_printer_columns_with_values() {
     create_dataset(&client, &ns, "sales", "analytics", "6h").await;
     let operator = Operator::start(client.clone(), controller_config(&ns));
     let api: Api<ArrowDataset> = Api::namespaced(client.clone(), &ns);
-    let ds = wait_for(&api, "sales", "phase Ready", TIMEOUT, |d: Option<&ArrowDataset>| {
-        d.and_then(|d| d.status.as_ref())
-            .is_some_and(|s| s.phase == DatasetPhase::Ready)
-    })
+    let ds = wait_for(
+        &api,
+        "sales",
+        "phase Ready",
+        TIMEOUT,
+        |d: Option<&ArrowDataset>| {
+            d.and_then(|d| d.status.as_ref())
+                .is_some_and(|s| s.phase == DatasetPhase::Ready)
+        },
+    )
     .await;
     let status = ds.status.clone().expect("status");
     assert_eq!(status.rows, Some(1000));
     assert_eq!(status.version, Some(1));
-    assert_eq!(status.ticket.as_deref(), Some(format!("ads1:{ns}/sales@1").as_str()));
+    assert_eq!(
+        status.ticket.as_deref(),
+        Some(format!("ads1:{ns}/sales@1").as_str())
+    );
     assert_eq!(
         status.endpoint.as_deref(),
         Some(format!("grpc://analytics.{ns}.svc:8815").as_str())
@@ -112,9 +132,16 @@ async fn kubectl_get_shows_printer_columns_with_values() {
     assert!(ds.finalizers().iter().any(|f| f == FINALIZER), "{ds:#?}");
     // The pool counts its dataset.
     let pools: Api<FlightPool> = Api::namespaced(client.clone(), &ns);
-    wait_for(&pools, "analytics", "datasets = 1", TIMEOUT, |p: Option<&FlightPool>| {
-        p.and_then(|p| p.status.as_ref()).is_some_and(|s| s.datasets == 1)
-    })
+    wait_for(
+        &pools,
+        "analytics",
+        "datasets = 1",
+        TIMEOUT,
+        |p: Option<&FlightPool>| {
+            p.and_then(|p| p.status.as_ref())
+                .is_some_and(|s| s.datasets == 1)
+        },
+    )
     .await;
 
     let out = kubectl(&["get", "arrowdatasets", "-n", &ns]);
@@ -141,7 +168,10 @@ async fn kubectl_get_shows_printer_columns_with_values() {
     let expires = cell(row, "EXPIRES");
     chrono::DateTime::parse_from_rfc3339(expires)
         .unwrap_or_else(|e| panic!("EXPIRES {expires:?} is not RFC 3339 ({e}):\n{text}"));
-    assert!(!cell(row, "AGE").is_empty() && cell(row, "AGE") != "<unknown>", "{text}");
+    assert!(
+        !cell(row, "AGE").is_empty() && cell(row, "AGE") != "<unknown>",
+        "{text}"
+    );
 
     // -o wide adds the version and the ticket; the short name works.
     let out = kubectl(&["get", "ads", "-o", "wide", "-n", &ns]);
@@ -149,7 +179,11 @@ async fn kubectl_get_shows_printer_columns_with_values() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let rows = table(&text);
     assert_eq!(cell(&rows[0], "VERSION"), "1", "{text}");
-    assert_eq!(cell(&rows[0], "TICKET"), format!("ads1:{ns}/sales@1"), "{text}");
+    assert_eq!(
+        cell(&rows[0], "TICKET"),
+        format!("ads1:{ns}/sales@1"),
+        "{text}"
+    );
 
     // Same for pools.
     let out = kubectl(&["get", "fpool", "-n", &ns]);
@@ -171,8 +205,14 @@ async fn kubectl_get_shows_printer_columns_with_values() {
     let out = kubectl(&["get", "arrow", "-n", &ns, "-o", "name"]);
     cluster_tests::assert_success(&out, "kubectl get arrow");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(text.contains("arrowdataset.arrow.trinity.io/sales"), "{text}");
-    assert!(text.contains("flightpool.arrow.trinity.io/analytics"), "{text}");
+    assert!(
+        text.contains("arrowdataset.arrow.trinity.io/sales"),
+        "{text}"
+    );
+    assert!(
+        text.contains("flightpool.arrow.trinity.io/analytics"),
+        "{text}"
+    );
     operator.stop().await;
 }
 
@@ -191,8 +231,12 @@ async fn short_ttl_dataset_is_deleted_with_its_parquet_objects() {
     let dataset_dir = store.path().join(&ns).join("short");
     let files = files_under(&dataset_dir);
     assert!(
-        files.iter().any(|f| f.extension().is_some_and(|e| e == "parquet"))
-            && files.iter().any(|f| f.to_string_lossy().ends_with(".manifest.json")),
+        files
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "parquet"))
+            && files
+                .iter()
+                .any(|f| f.to_string_lossy().ends_with(".manifest.json")),
         "seeded store: {files:?}"
     );
 
@@ -201,10 +245,16 @@ async fn short_ttl_dataset_is_deleted_with_its_parquet_objects() {
     create_dataset(&client, &ns, "long", "analytics", "1h").await;
     let operator = Operator::start(client.clone(), controller_config(&ns));
     let api: Api<ArrowDataset> = Api::namespaced(client.clone(), &ns);
-    let ds = wait_for(&api, "short", "phase Ready", TIMEOUT, |d: Option<&ArrowDataset>| {
-        d.and_then(|d| d.status.as_ref())
-            .is_some_and(|s| s.phase == DatasetPhase::Ready)
-    })
+    let ds = wait_for(
+        &api,
+        "short",
+        "phase Ready",
+        TIMEOUT,
+        |d: Option<&ArrowDataset>| {
+            d.and_then(|d| d.status.as_ref())
+                .is_some_and(|s| s.phase == DatasetPhase::Ready)
+        },
+    )
     .await;
     assert!(ds.finalizers().iter().any(|f| f == FINALIZER), "{ds:#?}");
     let status = ds.status.clone().expect("status");
@@ -215,11 +265,14 @@ async fn short_ttl_dataset_is_deleted_with_its_parquet_objects() {
     // Expiry deletes the resource; the finalizer removes the objects first.
     wait_deleted(&api, "short", TIMEOUT).await;
     let left = files_under(&dataset_dir);
-    assert!(left.is_empty(), "objects of the expired dataset are left: {left:?}");
+    assert!(
+        left.is_empty(),
+        "objects of the expired dataset are left: {left:?}"
+    );
     // The neighbour is untouched.
     let long = api.get("long").await.expect("the long-lived dataset stays");
     assert_eq!(
-        long.status.as_ref().map(|s| s.phase.clone()),
+        long.status.as_ref().map(|s| s.phase),
         Some(DatasetPhase::Ready)
     );
     assert!(
@@ -254,25 +307,42 @@ async fn an_upload_is_discovered_and_deleting_it_removes_its_objects() {
     seed_version(&url, &ns, "orders", Some(Duration::from_secs(3600)), 5).await;
     let operator = Operator::start(client.clone(), controller_config(&ns));
     let api: Api<ArrowDataset> = Api::namespaced(client.clone(), &ns);
-    let ds = wait_for(&api, "orders", "a discovered, Ready dataset", TIMEOUT, |d: Option<&ArrowDataset>| {
-        d.is_some_and(|d| {
-            d.finalizers().iter().any(|f| f == FINALIZER)
-                && d.status.as_ref().is_some_and(|s| s.phase == DatasetPhase::Ready)
-        })
-    })
+    let ds = wait_for(
+        &api,
+        "orders",
+        "a discovered, Ready dataset",
+        TIMEOUT,
+        |d: Option<&ArrowDataset>| {
+            d.is_some_and(|d| {
+                d.finalizers().iter().any(|f| f == FINALIZER)
+                    && d.status
+                        .as_ref()
+                        .is_some_and(|s| s.phase == DatasetPhase::Ready)
+            })
+        },
+    )
     .await;
     assert_eq!(
-        ds.labels().get("arrow.trinity.io/discovered").map(String::as_str),
+        ds.labels()
+            .get("arrow.trinity.io/discovered")
+            .map(String::as_str),
         Some("true")
     );
     assert_eq!(ds.spec.pool, "analytics");
     assert_eq!(ds.spec.ttl.as_deref(), Some("1h"));
     assert_eq!(ds.status.as_ref().and_then(|s| s.rows), Some(5));
-    let out = kubectl(&["delete", "arrowdataset", "orders", "-n", &ns, "--wait=true", "--timeout=60s"]);
+    let out = kubectl(&[
+        "delete",
+        "arrowdataset",
+        "orders",
+        "-n",
+        &ns,
+        "--wait=true",
+        "--timeout=60s",
+    ]);
     cluster_tests::assert_success(&out, "kubectl delete arrowdataset");
     wait_deleted(&api, "orders", TIMEOUT).await;
     let left = files_under(&store.path().join(&ns).join("orders"));
     assert!(left.is_empty(), "objects left after delete: {left:?}");
     operator.stop().await;
 }
-

@@ -98,7 +98,9 @@ fn assert_owned_by<K: Resource>(obj: &K, pool: &FlightPool) {
     assert_eq!(o.controller, Some(true), "{:?}", obj.meta().name);
     let labels = obj.meta().labels.clone().unwrap_or_default();
     assert_eq!(
-        labels.get("app.kubernetes.io/managed-by").map(String::as_str),
+        labels
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
         Some("flight-operator"),
         "{:?}: {labels:?}",
         obj.meta().name
@@ -139,10 +141,16 @@ async fn pool_reconciles_into_owned_objects_and_rolls_spec_changes() {
         .create(&PostParams::default(), &pool_object("analytics", &url, 2))
         .await
         .expect("create pool");
-    let pool = wait_for(&pools, "analytics", "a status with an endpoint", TIMEOUT, |p: Option<&FlightPool>| {
-        p.and_then(|p| p.status.as_ref())
-            .is_some_and(|s| s.endpoint.is_some() && s.observed_generation == Some(1))
-    })
+    let pool = wait_for(
+        &pools,
+        "analytics",
+        "a status with an endpoint",
+        TIMEOUT,
+        |p: Option<&FlightPool>| {
+            p.and_then(|p| p.status.as_ref())
+                .is_some_and(|s| s.endpoint.is_some() && s.observed_generation == Some(1))
+        },
+    )
     .await;
     let status = pool.status.clone().expect("status");
     assert_eq!(
@@ -233,30 +241,52 @@ async fn pool_reconciles_into_owned_objects_and_rolls_spec_changes() {
         .await
         .expect("change the pool");
     let sts_api = Api::<StatefulSet>::namespaced(client.clone(), &ns);
-    let sts = wait_for(&sts_api, "analytics", "3 replicas of image 0.2.0", TIMEOUT, |s: Option<&StatefulSet>| {
-        s.map(|s| &s.spec).is_some_and(|spec| {
-            spec.replicas == Some(3)
-                && spec.template.spec.as_ref().and_then(|p| p.containers[0].image.as_deref())
-                    == Some("ghcr.io/trinity-data/flight-node:0.2.0")
-        })
-    })
+    let sts = wait_for(
+        &sts_api,
+        "analytics",
+        "3 replicas of image 0.2.0",
+        TIMEOUT,
+        |s: Option<&StatefulSet>| {
+            s.map(|s| &s.spec).is_some_and(|spec| {
+                spec.replicas == Some(3)
+                    && spec
+                        .template
+                        .spec
+                        .as_ref()
+                        .and_then(|p| p.containers[0].image.as_deref())
+                        == Some("ghcr.io/trinity-data/flight-node:0.2.0")
+            })
+        },
+    )
     .await;
     let args = args_of(&sts);
     assert!(
         args.iter().any(|a| a.contains("512MiB")),
         "the new memory limit reaches the node: {args:?}"
     );
-    let cm = wait_for(&cms, "analytics-config", "3 peers", TIMEOUT, |c: Option<&ConfigMap>| {
-        c.and_then(|c| c.data.as_ref())
-            .and_then(|d| d.get("peers.yaml"))
-            .is_some_and(|p| p.contains("analytics-2."))
-    })
+    let cm = wait_for(
+        &cms,
+        "analytics-config",
+        "3 peers",
+        TIMEOUT,
+        |c: Option<&ConfigMap>| {
+            c.and_then(|c| c.data.as_ref())
+                .and_then(|d| d.get("peers.yaml"))
+                .is_some_and(|p| p.contains("analytics-2."))
+        },
+    )
     .await;
     assert!(cm.data.is_some());
-    let pool = wait_for(&pools, "analytics", "status of generation 2", TIMEOUT, |p: Option<&FlightPool>| {
-        p.and_then(|p| p.status.as_ref())
-            .is_some_and(|s| s.observed_generation == Some(2))
-    })
+    let pool = wait_for(
+        &pools,
+        "analytics",
+        "status of generation 2",
+        TIMEOUT,
+        |p: Option<&FlightPool>| {
+            p.and_then(|p| p.status.as_ref())
+                .is_some_and(|s| s.observed_generation == Some(2))
+        },
+    )
     .await;
     assert_eq!(pool.metadata.generation, Some(2));
 
@@ -294,9 +324,11 @@ async fn pool_reconciles_into_owned_objects_and_rolls_spec_changes() {
 
     // A restarted operator does not rewrite anything either.
     let operator = Operator::start(client.clone(), controller_config(&ns));
-    poll("the restarted operator to reconcile the pool", TIMEOUT, || async {
-        (operator.reconciles("pool") >= 1).then_some(())
-    })
+    poll(
+        "the restarted operator to reconcile the pool",
+        TIMEOUT,
+        || async { (operator.reconciles("pool") >= 1).then_some(()) },
+    )
     .await;
     operator.stop().await;
     let after = versions(&client, &ns, "analytics").await;
@@ -315,21 +347,26 @@ async fn invalid_pool_spec_gets_a_condition_and_an_event() {
     bad.spec.contracts.clear();
     let bad: FlightPool = {
         let mut v = serde_json::to_value(&bad).expect("json");
-        v["spec"]["contracts"] =
-            json!({"sales": {"fields": [{"name": "id", "type": "int65"}]}});
+        v["spec"]["contracts"] = json!({"sales": {"fields": [{"name": "id", "type": "int65"}]}});
         serde_json::from_value(v).expect("pool")
     };
     pools
         .create(&PostParams::default(), &bad)
         .await
         .expect("the schema accepts the pool");
-    let pool = wait_for(&pools, "broken", "Valid=False", TIMEOUT, |p: Option<&FlightPool>| {
-        p.and_then(|p| p.status.as_ref()).is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Valid" && c.status == "False")
-        })
-    })
+    let pool = wait_for(
+        &pools,
+        "broken",
+        "Valid=False",
+        TIMEOUT,
+        |p: Option<&FlightPool>| {
+            p.and_then(|p| p.status.as_ref()).is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Valid" && c.status == "False")
+            })
+        },
+    )
     .await;
     let valid = pool
         .status
@@ -364,7 +401,8 @@ async fn invalid_pool_spec_gets_a_condition_and_an_event() {
     assert!(event.note.unwrap_or_default().contains("int65"));
 
     // Fixing the spec brings the pool up.
-    let fixed = json!({"spec": {"contracts": {"sales": {"fields": [{"name": "id", "type": "int64"}]}}}});
+    let fixed =
+        json!({"spec": {"contracts": {"sales": {"fields": [{"name": "id", "type": "int64"}]}}}});
     pools
         .patch("broken", &PatchParams::default(), &Patch::Merge(&fixed))
         .await
@@ -377,13 +415,19 @@ async fn invalid_pool_spec_gets_a_condition_and_an_event() {
         |s: Option<&StatefulSet>| s.is_some(),
     )
     .await;
-    let pool = wait_for(&pools, "broken", "Valid=True", TIMEOUT, |p: Option<&FlightPool>| {
-        p.and_then(|p| p.status.as_ref()).is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Valid" && c.status == "True")
-        })
-    })
+    let pool = wait_for(
+        &pools,
+        "broken",
+        "Valid=True",
+        TIMEOUT,
+        |p: Option<&FlightPool>| {
+            p.and_then(|p| p.status.as_ref()).is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Valid" && c.status == "True")
+            })
+        },
+    )
     .await;
     assert_eq!(pool.name_any(), "broken");
     operator.stop().await;
