@@ -57,6 +57,33 @@ pub fn capture(batch: &RecordBatch) -> Result<Vec<KeyValue>> {
     Ok(out)
 }
 
+/// Like [`capture`] for a part made of several batches. Their dictionaries are recorded
+/// only when all batches share them (as batches cut from one upload do); otherwise the
+/// column keeps its values but not necessarily their order.
+pub fn capture_all(batches: &[RecordBatch]) -> Result<Vec<KeyValue>> {
+    let Some(first) = batches.first() else {
+        return Ok(Vec::new());
+    };
+    let mut out = capture(first)?;
+    out.retain(|kv| {
+        let Some(i) = kv
+            .key
+            .strip_prefix(KEY_PREFIX)
+            .and_then(|i| i.parse::<usize>().ok())
+        else {
+            return false;
+        };
+        let values = |b: &RecordBatch| {
+            b.column(i)
+                .as_any_dictionary_opt()
+                .map(|d| d.values().to_data())
+        };
+        let first_values = values(first);
+        batches[1..].iter().all(|b| values(b) == first_values)
+    });
+    Ok(out)
+}
+
 /// Reads the recorded dictionaries back, by column index.
 pub fn recorded(kv: Option<&Vec<KeyValue>>) -> Result<HashMap<usize, ArrayRef>> {
     let mut out = HashMap::new();

@@ -21,6 +21,7 @@ pub mod dictionary;
 pub mod error;
 pub mod http;
 pub mod manifest;
+pub mod memory;
 pub mod metrics;
 pub mod name;
 pub mod node;

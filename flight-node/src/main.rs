@@ -19,16 +19,27 @@ async fn main() -> std::process::ExitCode {
 }
 
 /// Tables come and go in large buffers. glibc raises its mmap threshold each time such a
-/// buffer is freed, after which large buffers come from the heap and are kept after being
-/// freed: the node's resident size grows to about twice the data it caches. A fixed
-/// threshold keeps every buffer of 128 KiB or more mmapped, so freeing it returns it.
+/// buffer is freed, after which large buffers come from the heap and stay there once freed:
+/// the node's resident size would grow to about twice the data it caches. A fixed threshold
+/// keeps buffers of 1 MiB or more mmapped (returned when freed), and after large work the
+/// library calls `malloc_trim` for the smaller ones.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn keep_large_allocations_returnable() {
     // SAFETY: mallopt only changes allocator parameters; it is called once, first thing in
     // main, and takes no pointers.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+    flight_node::memory::set_release_hook(trim);
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn trim() {
+    // SAFETY: malloc_trim takes no pointers and is safe to call from any thread.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

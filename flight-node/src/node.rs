@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow_flight::FlightData;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -18,7 +18,8 @@ use lru::LruCache;
 use object_store::path::Path;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
@@ -36,6 +37,8 @@ use crate::ticket::{Ticket, TicketSigner};
 /// Target size of one Flight message sent by `DoGet`. Large messages mean fewer gRPC
 /// frames per byte; it stays well below the default maximum message size.
 pub const TARGET_MESSAGE_SIZE: usize = 4 << 20;
+/// Parts whose batches average fewer rows than this are concatenated into one batch.
+const COALESCE_BELOW_ROWS: usize = 16 * 1024;
 /// Rows per batch when decoding Parquet.
 const READ_BATCH_ROWS: usize = 64 * 1024;
 /// Parts fetched from storage at once when loading a version.
@@ -276,7 +279,7 @@ impl Node {
             while let Some(batch) = batches.next().await {
                 w.push(batch?).await?;
             }
-            w.flush().await
+            w.finish().await
         }
         .await;
         written?;
@@ -321,6 +324,8 @@ impl Node {
                 }
             }
         }
+        drop(w);
+        crate::memory::release();
         self.metrics.record_upload(manifest.rows, manifest.bytes);
         tracing::info!(
             dataset = %manifest.dataset()?, version = manifest.version, rows = manifest.rows,
@@ -619,7 +624,9 @@ impl Node {
             .try_collect()
             .await?;
         tracing::info!(dataset = %manifest.dataset()?, version = manifest.version, "loaded from storage into memory");
-        EncodedTable::new(schema, parts)
+        let table = EncodedTable::new(schema, parts);
+        crate::memory::release();
+        table
     }
 
     /// Record batches of a version (for the HTTP export), part by part.
@@ -784,10 +791,15 @@ struct PartWriter<'a> {
     /// Set once the manifest references the parts; until then dropping the writer (an
     /// error, or the client cancelling the call) removes them.
     committed: bool,
+    /// The part being encoded and stored in the background.
+    in_flight: Option<tokio::task::JoinHandle<Result<(PartInfo, Option<EncodedPart>)>>>,
 }
 
 impl Drop for PartWriter<'_> {
     fn drop(&mut self) {
+        if let Some(task) = self.in_flight.take() {
+            task.abort();
+        }
         if self.committed || self.written.is_empty() {
             return;
         }
@@ -827,6 +839,7 @@ impl<'a> PartWriter<'a> {
             encoded: Some(Vec::new()),
             encoded_bytes: 0,
             committed: false,
+            in_flight: None,
         }
     }
 
@@ -883,53 +896,48 @@ impl<'a> PartWriter<'a> {
         Ok(())
     }
 
-    /// Writes the pending batches as the next part.
+    /// Starts writing the pending batches as the next part. The part is encoded and
+    /// stored by a background task while the upload goes on receiving; at most one part
+    /// is in flight, so memory stays bounded by about two parts.
     async fn flush(&mut self) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
+        self.wait_for_part().await?;
         let batches = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
         let schema = self.schema.clone();
         let want_encoded = self.encoded.is_some();
         let target = self.node.limits.message_target();
-        let (parquet, rows, bytes, encoded) = blocking(move || {
-            // Coalesce small batches (a flood of one-row batches) into one; large ones stay.
-            let batch = if batches.len() == 1 {
-                batches
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| Error::Internal("no batch".into()))?
-            } else {
-                concat_batches(&schema, &batches)?
-            };
-            let rows = batch.num_rows() as u64;
-            let bytes = batch_size(&batch) as u64;
-            let props = WriterProperties::builder()
-                .set_compression(Compression::SNAPPY)
-                .set_key_value_metadata(Some(crate::dictionary::capture(&batch)?))
-                .build();
-            let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))?;
-            writer.write(&batch)?;
-            let parquet = Bytes::from(writer.into_inner()?);
-            let encoded = if want_encoded {
-                Some(encode_part(&schema, std::slice::from_ref(&batch), target)?)
-            } else {
-                None
-            };
-            Ok((parquet, rows, bytes, encoded))
-        })
-        .await?;
-        let path = Storage::part_path(&self.id, &self.upload_id, self.parts.len());
-        let stored_bytes = parquet.len() as u64;
+        let path = Storage::part_path(&self.id, &self.upload_id, self.written.len());
         self.written.push(path.clone());
-        self.node.storage.put(&path, parquet).await?;
-        self.parts.push(PartInfo {
-            path: path.to_string(),
-            rows,
-            bytes,
-            stored_bytes,
-        });
+        let storage = self.node.storage.clone();
+        self.in_flight = Some(tokio::spawn(async move {
+            let (parquet, rows, bytes, encoded) =
+                blocking(move || encode_for_storage(&schema, batches, want_encoded, target))
+                    .await?;
+            let stored_bytes = parquet.len() as u64;
+            storage.put(&path, parquet).await?;
+            let info = PartInfo {
+                path: path.to_string(),
+                rows,
+                bytes,
+                stored_bytes,
+            };
+            Ok((info, encoded))
+        }));
+        Ok(())
+    }
+
+    /// Waits for the part in flight, if any, and records it.
+    async fn wait_for_part(&mut self) -> Result<()> {
+        let Some(task) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let (info, encoded) = task
+            .await
+            .map_err(|e| Error::Internal(format!("part writer task failed: {e}")))??;
+        self.parts.push(info);
         if let (Some(list), Some(part)) = (self.encoded.as_mut(), encoded) {
             self.encoded_bytes += part.bytes;
             if self.node.cache.fits(self.encoded_bytes) {
@@ -941,4 +949,59 @@ impl<'a> PartWriter<'a> {
         }
         Ok(())
     }
+
+    /// Writes what is pending and waits until every part is durable.
+    async fn finish(&mut self) -> Result<()> {
+        self.flush().await?;
+        self.wait_for_part().await
+    }
+}
+
+/// What one part becomes: Parquet bytes for storage, its size figures, and (when the
+/// upload may be cached) its Flight messages. CPU-bound.
+fn encode_for_storage(
+    schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
+    want_encoded: bool,
+    target: usize,
+) -> Result<(Bytes, u64, u64, Option<EncodedPart>)> {
+    // Coalesce small batches (a flood of one-row batches); large ones are written as they
+    // are, without another copy.
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let batches = if batches.len() > 1 && rows / batches.len() < COALESCE_BELOW_ROWS {
+        vec![concat_batches(schema, &batches)?]
+    } else {
+        batches
+    };
+    let bytes: u64 = batches.iter().map(|b| batch_size(b) as u64).sum();
+    let rows = rows as u64;
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        // Dictionary encoding pays off for strings; on numbers it mostly costs hashing
+        // every value before falling back.
+        .set_dictionary_enabled(false)
+        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_key_value_metadata(Some(crate::dictionary::capture_all(&batches)?));
+    for field in schema.fields() {
+        if matches!(
+            field.data_type(),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(_, _)
+        ) {
+            props =
+                props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), true);
+        }
+    }
+    // Sized up front: growing the buffer would copy it several times.
+    let out = Vec::with_capacity(usize::try_from(bytes).unwrap_or(0) / 2 + (1 << 20));
+    let mut writer = ArrowWriter::try_new(out, schema.clone(), Some(props.build()))?;
+    for batch in &batches {
+        writer.write(batch)?;
+    }
+    let parquet = Bytes::from(writer.into_inner()?);
+    let encoded = if want_encoded {
+        Some(encode_part(schema, &batches, target)?)
+    } else {
+        None
+    };
+    Ok((parquet, rows, bytes, encoded))
 }
