@@ -771,6 +771,9 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
     &b[start..end]
 }
 
+/// A part being encoded and stored: its description and, if cacheable, its messages.
+type PartTask = tokio::task::JoinHandle<Result<(PartInfo, Option<EncodedPart>)>>;
+
 /// Accumulates an upload into Parquet parts.
 struct PartWriter<'a> {
     node: &'a Node,
@@ -792,7 +795,7 @@ struct PartWriter<'a> {
     /// error, or the client cancelling the call) removes them.
     committed: bool,
     /// The part being encoded and stored in the background.
-    in_flight: Option<tokio::task::JoinHandle<Result<(PartInfo, Option<EncodedPart>)>>>,
+    in_flight: Option<PartTask>,
 }
 
 impl Drop for PartWriter<'_> {
