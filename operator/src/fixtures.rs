@@ -105,6 +105,19 @@ impl NodeApi for FakeNodes {
         }
         .boxed()
     }
+
+    fn preload(
+        &self,
+        target: NodeTarget,
+        _id: DatasetId,
+        _version: u64,
+    ) -> BoxFuture<'static, Result<bool, NodeError>> {
+        self.calls
+            .lock()
+            .expect("lock")
+            .push(("preload".into(), target.uri));
+        async move { Ok(true) }.boxed()
+    }
 }
 
 static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);

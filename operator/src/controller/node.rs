@@ -24,7 +24,7 @@ pub struct NodeTarget {
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("failed to {action} on node {uri}: {message}")]
 pub struct NodeError {
-    /// `load` or `evict`.
+    /// `load`, `evict` or `preload`.
     pub action: &'static str,
     /// The node.
     pub uri: String,
@@ -46,6 +46,14 @@ pub trait NodeApi: Send + Sync {
     /// Drops every cached version of `id` from `target`'s memory.
     fn evict(&self, target: NodeTarget, id: DatasetId)
         -> BoxFuture<'static, Result<(), NodeError>>;
+    /// Loads `version` of `id` into `target`'s memory; returns whether it is cached (false
+    /// when it cannot fit).
+    fn preload(
+        &self,
+        target: NodeTarget,
+        id: DatasetId,
+        version: u64,
+    ) -> BoxFuture<'static, Result<bool, NodeError>>;
 }
 
 /// Calls real nodes over Arrow Flight with [`NodeClient`].
@@ -131,6 +139,30 @@ impl NodeApi for FlightNodes {
             tokio::time::timeout(timeout, call)
                 .await
                 .map_err(|_| timed_out("evict", &target.uri, timeout))?
+        }
+        .boxed()
+    }
+
+    fn preload(
+        &self,
+        target: NodeTarget,
+        id: DatasetId,
+        version: u64,
+    ) -> BoxFuture<'static, Result<bool, NodeError>> {
+        let timeout = self.timeout;
+        async move {
+            let call = async {
+                let mut client = NodeClient::connect(&target.uri, target.token.as_deref())
+                    .await
+                    .map_err(|e| node_error("preload", &target.uri, &e))?;
+                client
+                    .preload(&id, Some(version))
+                    .await
+                    .map_err(|e| node_error("preload", &target.uri, &e))
+            };
+            tokio::time::timeout(timeout, call)
+                .await
+                .map_err(|_| timed_out("preload", &target.uri, timeout))?
         }
         .boxed()
     }

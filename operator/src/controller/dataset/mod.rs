@@ -387,13 +387,26 @@ async fn apply_dataset(
 
     let signer = ticket_signer(ctx, &pool).await?;
     let endpoint = build::endpoint(&pool.name_any(), &namespace, &pool.spec);
+    // `preload`: ask the owner node to hold the newest version in memory.
+    let preload = match (&plan.newest, ds.spec.preload) {
+        (Some((manifest, _)), true) => {
+            let target = owner_target(ctx, &pool, &id).await?;
+            Some(
+                ctx.nodes
+                    .preload(target, id.clone(), manifest.version)
+                    .await
+                    .map_err(|e| e.to_string()),
+            )
+        }
+        _ => None,
+    };
     status::fill(
         &mut status,
         &plan,
         &id,
         signer.as_ref(),
         endpoint,
-        ds.spec.preload,
+        preload,
         generation,
         now,
     );

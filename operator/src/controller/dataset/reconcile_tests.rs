@@ -558,3 +558,25 @@ async fn discovery_creates_resources_for_uploads_once() {
     drop(ctx);
     api.done().await;
 }
+
+#[tokio::test]
+async fn preload_asks_the_owner_node_and_reports_the_memory_tier() {
+    let env = env();
+    commit(&env.storage, "data", "sales", t(1_000), Some(6 * HOUR), 42).await;
+    let nodes = Arc::new(FakeNodes::default());
+    let (ctx, mut api, _w) = context(t(2_000), Arc::clone(&nodes));
+    let ds = dataset(json!({ "pool": "analytics", "preload": true }), 500, true);
+    let run = tokio::spawn(reconcile(Arc::new(ds.clone()), Arc::clone(&ctx)));
+    expect_pool_get(&mut api, Some(&pool(&env.url))).await;
+    let s = expect_status(&mut api, &ds).await;
+    assert_eq!(s["status"]["phase"], "Ready");
+    assert_eq!(s["status"]["tier"], "Memory");
+    assert_eq!(condition(&s, "Preloaded")["status"], "True");
+    run.await.expect("task").expect("reconcile");
+    let calls = nodes.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].0, "preload");
+    assert!(calls[0].1.starts_with("grpc://analytics-"), "{calls:?}");
+    drop(ctx);
+    api.done().await;
+}

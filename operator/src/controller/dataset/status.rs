@@ -38,7 +38,7 @@ pub fn fill(
     id: &DatasetId,
     signer: Option<&TicketSigner>,
     endpoint: String,
-    preload: bool,
+    preload: Option<Result<bool, String>>,
     generation: Option<i64>,
     now: DateTime<Utc>,
 ) {
@@ -84,8 +84,13 @@ pub fn fill(
             status.bytes = Some(to_i64(manifest.bytes));
             status.stored_bytes = Some(to_i64(manifest.stored_bytes));
             status.size = Some(human_bytes(manifest.bytes));
-            // The operator only knows the durable copy; nodes cache what they serve.
-            status.tier = Some(Tier::Storage);
+            // Memory when the owner node confirmed a preload; otherwise the durable copy is
+            // what the operator can vouch for (nodes also cache what they serve).
+            status.tier = Some(if matches!(preload, Some(Ok(true))) {
+                Tier::Memory
+            } else {
+                Tier::Storage
+            });
             set_condition(
                 &mut status.conditions,
                 NewCondition {
@@ -99,16 +104,23 @@ pub fn fill(
             );
         }
     }
-    if preload {
+    if let Some(result) = preload {
+        let (status_ok, reason, message) = match result {
+            Ok(true) => (true, "Preloaded", "the owner node holds the newest version in memory".to_string()),
+            Ok(false) => (
+                false,
+                "TooLargeForMemory",
+                "the newest version does not fit the owner node's memory limit; it is served from storage".to_string(),
+            ),
+            Err(e) => (false, "PreloadFailed", e),
+        };
         set_condition(
             &mut status.conditions,
             NewCondition {
                 type_: "Preloaded",
-                status: false,
-                reason: "NotSupportedByNode",
-                message: "flight nodes offer no preload action yet; the first DoGet loads the \
-                          version into memory"
-                    .into(),
+                status: status_ok,
+                reason,
+                message,
             },
             generation,
             now,
