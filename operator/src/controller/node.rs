@@ -94,28 +94,43 @@ fn timed_out(action: &'static str, uri: &str, after: Duration) -> NodeError {
     }
 }
 
+/// Connects to `target` and runs one call on it within `timeout`, naming `action` in errors.
+fn call<T, F, Fut>(
+    action: &'static str,
+    target: NodeTarget,
+    timeout: Duration,
+    f: F,
+) -> BoxFuture<'static, Result<T, NodeError>>
+where
+    T: Send + 'static,
+    F: FnOnce(NodeClient) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = flight_node::Result<T>> + Send,
+{
+    async move {
+        let run = async {
+            let client = NodeClient::connect(&target.uri, target.token.as_deref())
+                .await
+                .map_err(|e| node_error(action, &target.uri, &e))?;
+            f(client)
+                .await
+                .map_err(|e| node_error(action, &target.uri, &e))
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| timed_out(action, &target.uri, timeout))?
+    }
+    .boxed()
+}
+
 impl NodeApi for FlightNodes {
     fn load(
         &self,
         target: NodeTarget,
         req: LoadRequest,
     ) -> BoxFuture<'static, Result<PutResult, NodeError>> {
-        let timeout = self.timeout;
-        async move {
-            let call = async {
-                let mut client = NodeClient::connect(&target.uri, target.token.as_deref())
-                    .await
-                    .map_err(|e| node_error("load", &target.uri, &e))?;
-                client
-                    .load(&req)
-                    .await
-                    .map_err(|e| node_error("load", &target.uri, &e))
-            };
-            tokio::time::timeout(timeout, call)
-                .await
-                .map_err(|_| timed_out("load", &target.uri, timeout))?
-        }
-        .boxed()
+        call("load", target, self.timeout, move |mut c| async move {
+            c.load(&req).await
+        })
     }
 
     fn evict(
@@ -125,22 +140,9 @@ impl NodeApi for FlightNodes {
     ) -> BoxFuture<'static, Result<(), NodeError>> {
         // Eviction is best effort and must not hold up a deletion.
         let timeout = self.timeout.min(Duration::from_secs(10));
-        async move {
-            let call = async {
-                let mut client = NodeClient::connect(&target.uri, target.token.as_deref())
-                    .await
-                    .map_err(|e| node_error("evict", &target.uri, &e))?;
-                client
-                    .evict(&id, None)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| node_error("evict", &target.uri, &e))
-            };
-            tokio::time::timeout(timeout, call)
-                .await
-                .map_err(|_| timed_out("evict", &target.uri, timeout))?
-        }
-        .boxed()
+        call("evict", target, timeout, move |mut c| async move {
+            c.evict(&id, None).await.map(|_| ())
+        })
     }
 
     fn preload(
@@ -149,21 +151,8 @@ impl NodeApi for FlightNodes {
         id: DatasetId,
         version: u64,
     ) -> BoxFuture<'static, Result<bool, NodeError>> {
-        let timeout = self.timeout;
-        async move {
-            let call = async {
-                let mut client = NodeClient::connect(&target.uri, target.token.as_deref())
-                    .await
-                    .map_err(|e| node_error("preload", &target.uri, &e))?;
-                client
-                    .preload(&id, Some(version))
-                    .await
-                    .map_err(|e| node_error("preload", &target.uri, &e))
-            };
-            tokio::time::timeout(timeout, call)
-                .await
-                .map_err(|_| timed_out("preload", &target.uri, timeout))?
-        }
-        .boxed()
+        call("preload", target, self.timeout, move |mut c| async move {
+            c.preload(&id, Some(version)).await
+        })
     }
 }
