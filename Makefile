@@ -33,13 +33,13 @@ test: venv build
 ## test-cluster: the operator against a real kube-apiserver + etcd (tests/k8s/control-plane);
 ## kube-apiserver is built with Go from the Go module proxy (cached in target/k8s)
 K8S_TEST_STATE ?= $(abspath target/k8s/test-cluster)
-test-cluster: venv
+test-cluster: venv build
 	tests/k8s/control-plane build
 	K8S_STATE_DIR=$(K8S_TEST_STATE) tests/k8s/control-plane down
 	set -euo pipefail; export K8S_STATE_DIR=$(K8S_TEST_STATE); \
 	trap 'tests/k8s/control-plane down' EXIT; \
 	tests/k8s/control-plane up; \
-	$(CARGO) test -p cluster-tests
+	FLIGHT_OPERATOR_BIN=$(abspath target/debug/flight-operator) $(CARGO) test -p cluster-tests
 
 lint:
 	$(CARGO) fmt --all -- --check

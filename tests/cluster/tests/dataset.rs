@@ -2,15 +2,20 @@
 //! the flight node's own ingest path: status, printer columns through the real kubectl,
 //! and TTL expiry through the finalizer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cluster_tests::{
     admin_client, control_plane, controller_config, files_under, kubectl, seed_version,
     unique_namespace, wait_deleted, wait_for, Operator, TIMEOUT,
 };
+use flight_operator::controller::node::FlightNodes;
+use flight_operator::controller::{dataset, Context};
 use flight_operator::crd::{ArrowDataset, DatasetPhase, FlightPool};
+use flight_operator::metrics::Metrics;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::reflector;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -213,7 +218,30 @@ async fn kubectl_get_shows_printer_columns_with_values() {
         text.contains("flightpool.arrow.trinity.io/analytics"),
         "{text}"
     );
+
+    // Reconciling a Ready dataset again changes nothing.
     operator.stop().await;
+    let before = api.get("sales").await.expect("dataset");
+    let (store, _writer) = reflector::store();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        controller_config(&ns),
+        Arc::new(Metrics::new()),
+        store,
+        Arc::new(FlightNodes::default()),
+    ));
+    for round in 1..=2 {
+        let current = api.get("sales").await.expect("dataset");
+        dataset::reconcile(Arc::new(current), Arc::clone(&ctx))
+            .await
+            .unwrap_or_else(|e| panic!("reconcile {round} failed: {e}"));
+        let after = api.get("sales").await.expect("dataset");
+        assert_eq!(
+            after.metadata.resource_version, before.metadata.resource_version,
+            "reconcile {round} of an unchanged dataset wrote it:\nbefore {:#?}\nafter {:#?}",
+            before.status, after.status
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -290,6 +290,28 @@ async fn pool_reconciles_into_owned_objects_and_rolls_spec_changes() {
     .await;
     assert_eq!(pool.metadata.generation, Some(2));
 
+    // Drift is corrected: another field manager scales the StatefulSet; the operator (which
+    // owns the field through server-side apply) takes it back.
+    let scale = json!({"spec": {"replicas": 7}});
+    sts_api
+        .patch("analytics", &PatchParams::default(), &Patch::Merge(&scale))
+        .await
+        .expect("scale the StatefulSet by hand");
+    wait_for(
+        &sts_api,
+        "analytics",
+        "replicas back at 3",
+        TIMEOUT,
+        |s: Option<&StatefulSet>| s.is_some_and(|s| s.spec.replicas == Some(3)),
+    )
+    .await;
+    // A label added by someone else is left alone (only the operator's fields are its own).
+    let label = json!({"metadata": {"labels": {"team": "data"}}});
+    sts_api
+        .patch("analytics", &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .expect("label the StatefulSet");
+
     // Reconciling again changes nothing: stop the controllers, wait for the world to settle,
     // reconcile twice by hand and compare every resourceVersion.
     poll("the operator to reconcile the pool", TIMEOUT, || async {
@@ -333,6 +355,12 @@ async fn pool_reconciles_into_owned_objects_and_rolls_spec_changes() {
     operator.stop().await;
     let after = versions(&client, &ns, "analytics").await;
     assert_eq!(before, after, "a restarted operator rewrote objects");
+    let sts = sts_api.get("analytics").await.expect("sts");
+    assert_eq!(
+        sts.labels().get("team").map(String::as_str),
+        Some("data"),
+        "the operator removed a label it does not own"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
