@@ -374,3 +374,117 @@ async fn an_upload_is_discovered_and_deleting_it_removes_its_objects() {
     assert!(left.is_empty(), "objects left after delete: {left:?}");
     operator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataset_without_versions_expires_at_creation_plus_ttl() {
+    control_plane();
+    let client = admin_client().await;
+    let ns = unique_namespace(&client, "empty").await;
+    let store = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}", store.path().display());
+    create_pool(&client, &ns, "analytics", &url).await;
+    create_dataset(&client, &ns, "nothing", "analytics", "6s").await;
+    let operator = Operator::start(client.clone(), controller_config(&ns));
+    let api: Api<ArrowDataset> = Api::namespaced(client.clone(), &ns);
+    let ds = wait_for(
+        &api,
+        "nothing",
+        "phase Pending",
+        TIMEOUT,
+        |d: Option<&ArrowDataset>| {
+            d.and_then(|d| d.status.as_ref())
+                .is_some_and(|s| s.phase == DatasetPhase::Pending && s.expires_at.is_some())
+        },
+    )
+    .await;
+    let status = ds.status.clone().expect("status");
+    assert_eq!(status.ticket, None);
+    let created = ds.metadata.creation_timestamp.clone().expect("created").0;
+    let expires = chrono::DateTime::parse_from_rfc3339(status.expires_at.as_deref().unwrap_or(""))
+        .expect("expiresAt is RFC 3339");
+    assert_eq!(expires.timestamp() - created.as_second(), 6, "{status:#?}");
+    wait_deleted(&api, "nothing", TIMEOUT).await;
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_blocked_without_a_pool_until_the_skip_annotation() {
+    control_plane();
+    let client = admin_client().await;
+    let ns = unique_namespace(&client, "blocked").await;
+    // The pool does not exist: the dataset waits for it, and its finalizer cannot clean up.
+    create_dataset(&client, &ns, "orphan", "missing", "1h").await;
+    let operator = Operator::start(client.clone(), controller_config(&ns));
+    let api: Api<ArrowDataset> = Api::namespaced(client.clone(), &ns);
+    let ds = wait_for(
+        &api,
+        "orphan",
+        "PoolNotFound",
+        TIMEOUT,
+        |d: Option<&ArrowDataset>| {
+            d.is_some_and(|d| {
+                d.finalizers().iter().any(|f| f == FINALIZER)
+                    && d.status.as_ref().is_some_and(|s| {
+                        s.conditions
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.reason == "PoolNotFound")
+                    })
+            })
+        },
+    )
+    .await;
+    assert_eq!(
+        ds.status.as_ref().map(|s| s.phase),
+        Some(DatasetPhase::Pending)
+    );
+
+    let out = kubectl(&[
+        "delete",
+        "arrowdataset",
+        "orphan",
+        "-n",
+        &ns,
+        "--wait=false",
+    ]);
+    cluster_tests::assert_success(&out, "kubectl delete arrowdataset --wait=false");
+    let ds = wait_for(
+        &api,
+        "orphan",
+        "CleanupBlocked",
+        TIMEOUT,
+        |d: Option<&ArrowDataset>| {
+            d.and_then(|d| d.status.as_ref()).is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "CleanupBlocked" && c.status == "True")
+            })
+        },
+    )
+    .await;
+    assert!(ds.metadata.deletion_timestamp.is_some());
+    let blocked = ds
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "CleanupBlocked"))
+        .cloned()
+        .expect("condition");
+    assert!(
+        blocked
+            .message
+            .contains("arrow.trinity.io/skip-storage-cleanup"),
+        "{blocked:?}"
+    );
+
+    // The documented way out.
+    let out = kubectl(&[
+        "annotate",
+        "arrowdataset",
+        "orphan",
+        "-n",
+        &ns,
+        "arrow.trinity.io/skip-storage-cleanup=true",
+    ]);
+    cluster_tests::assert_success(&out, "kubectl annotate skip-storage-cleanup");
+    wait_deleted(&api, "orphan", TIMEOUT).await;
+    operator.stop().await;
+}
