@@ -328,3 +328,36 @@ async fn unknown_pool_fields_are_rejected() {
         pruned.data
     );
 }
+
+#[tokio::test]
+async fn examples_pass_server_side_dry_run() {
+    let cp = control_plane();
+    let out = cluster_tests::kubectl(&[
+        "create",
+        "namespace",
+        "analytics",
+        "--dry-run=client",
+        "-o",
+        "yaml",
+    ]);
+    cluster_tests::assert_success(&out, "kubectl create namespace --dry-run");
+    let out = kubectl_stdin(&["apply", "-f", "-"], &String::from_utf8_lossy(&out.stdout));
+    cluster_tests::assert_success(&out, "create namespace analytics");
+    let examples = cp.root.join("examples");
+    let out = cluster_tests::kubectl(&[
+        "apply",
+        "--dry-run=server",
+        "-f",
+        examples.to_str().expect("utf-8 path"),
+    ]);
+    cluster_tests::assert_success(&out, "kubectl apply --dry-run=server -f examples/");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("flightpool.arrow.trinity.io/analytics"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("arrowdataset.arrow.trinity.io/"),
+        "{stdout}"
+    );
+}

@@ -460,3 +460,73 @@ async fn invalid_pool_spec_gets_a_condition_and_an_event() {
     assert_eq!(pool.name_any(), "broken");
     operator.stop().await;
 }
+
+/// Every field of the pool spec in use (Secrets, TLS, auth, scheduling): the API server
+/// accepts the StatefulSet, Services and PDB the operator builds from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_spec_builds_objects_the_api_server_accepts() {
+    control_plane();
+    let client = admin_client().await;
+    let ns = unique_namespace(&client, "pool-full").await;
+    let path = cluster_tests::repo_root().join("operator/tests/fixtures/pool-full.yaml");
+    let text = std::fs::read_to_string(&path).expect("pool-full.yaml");
+    let mut value: serde_json::Value = serde_yaml::from_str(&text).expect("yaml");
+    value["metadata"] = json!({"name": "analytics"});
+    let pool: FlightPool = serde_json::from_value(value).expect("pool");
+    let operator = Operator::start(client.clone(), controller_config(&ns));
+    let pools: Api<FlightPool> = Api::namespaced(client.clone(), &ns);
+    pools
+        .create(&PostParams::default(), &pool)
+        .await
+        .expect("the API server accepts the full pool");
+    let pool = wait_for(
+        &pools,
+        "analytics",
+        "a status",
+        TIMEOUT,
+        |p: Option<&FlightPool>| {
+            p.and_then(|p| p.status.as_ref())
+                .is_some_and(|s| s.observed_generation == Some(1) && s.endpoint.is_some())
+        },
+    )
+    .await;
+    let valid = pool
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Valid"))
+        .cloned()
+        .expect("Valid");
+    assert_eq!(valid.status, "True", "{valid:?}");
+    assert_eq!(
+        pool.status.as_ref().and_then(|s| s.endpoint.as_deref()),
+        Some(format!("grpc+tls://analytics.{ns}.svc:8815").as_str())
+    );
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns)
+        .get("analytics")
+        .await
+        .expect("StatefulSet");
+    let pod = sts.spec.template.spec.clone().expect("pod spec");
+    assert_eq!(pod.priority_class_name.as_deref(), Some("data-high"));
+    assert!(pod.tolerations.unwrap_or_default().len() == 1);
+    let volumes: Vec<String> = pod
+        .volumes
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| v.secret.as_ref().and_then(|s| s.secret_name.clone()))
+        .collect();
+    assert!(volumes.contains(&"flight-tls".to_owned()), "{volumes:?}");
+    assert!(volumes.contains(&"flight-auth".to_owned()), "{volumes:?}");
+    for name in ["analytics", "analytics-headless"] {
+        assert!(Api::<Service>::namespaced(client.clone(), &ns)
+            .get_opt(name)
+            .await
+            .expect("get")
+            .is_some());
+    }
+    assert!(Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns)
+        .get_opt("analytics")
+        .await
+        .expect("get")
+        .is_some());
+    operator.stop().await;
+}
