@@ -43,12 +43,12 @@ fn moto_binary() -> std::path::PathBuf {
     venv
 }
 
-fn http(endpoint_port: u16, request: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", endpoint_port)).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
+fn http(endpoint_port: u16, request: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", endpoint_port))?;
+    s.write_all(request.as_bytes())?;
     let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    s.read_to_string(&mut out)?;
+    Ok(out)
 }
 
 /// Starts moto on a free port and creates `bucket`.
@@ -68,20 +68,24 @@ fn start_moto(bucket: &str) -> Moto {
         child,
         endpoint: format!("http://127.0.0.1:{port}"),
     };
+    // The port opens before the server answers reliably: retry the bucket creation itself.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "moto_server did not start within 30s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let reply = http(port, &format!("PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"));
-    assert!(
-        reply.starts_with("HTTP/1.1 200"),
-        "bucket creation failed: {reply}"
+    let request = format!(
+        "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
-    moto
+    loop {
+        match http(port, &request) {
+            Ok(reply) if reply.starts_with("HTTP/1.1 200") => return moto,
+            Ok(reply) => panic!("bucket creation failed: {reply}"),
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "moto_server did not answer within 30s: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
 }
 
 fn s3_config(moto: &Moto, bucket: &str) -> StorageConfig {
