@@ -37,6 +37,7 @@ test-cluster: venv build
 	tests/k8s/control-plane build
 	K8S_STATE_DIR=$(K8S_TEST_STATE) tests/k8s/control-plane down
 	set -euo pipefail; export K8S_STATE_DIR=$(K8S_TEST_STATE); \
+	export KUBECONFIG=$(K8S_TEST_STATE)/admin.kubeconfig; \
 	trap 'tests/k8s/control-plane down' EXIT; \
 	tests/k8s/control-plane up; \
 	FLIGHT_OPERATOR_BIN=$(abspath target/debug/flight-operator) $(CARGO) test -p cluster-tests
