@@ -161,7 +161,12 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => return,
             _ = ticker.tick() => {
-                discover_all(ctx, &pools).await;
+                // A scan can wait on slow storage (retries); shutdown must not wait for it.
+                // Stopping mid-scan is safe: each resource is created idempotently.
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    _ = discover_all(ctx, &pools) => {}
+                }
             }
         }
     }
