@@ -800,9 +800,7 @@ struct PartWriter<'a> {
 
 impl Drop for PartWriter<'_> {
     fn drop(&mut self) {
-        if let Some(task) = self.in_flight.take() {
-            task.abort();
-        }
+        let in_flight = self.in_flight.take();
         if self.committed || self.written.is_empty() {
             return;
         }
@@ -811,7 +809,14 @@ impl Drop for PartWriter<'_> {
         tracing::info!(dataset = %self.id, parts = paths.len(), "upload not committed; removing its parts");
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                rt.spawn(async move { storage.delete_quietly(&paths).await });
+                rt.spawn(async move {
+                    // Let a part still being written land first, or it would outlive the
+                    // clean-up as an orphan.
+                    if let Some(task) = in_flight {
+                        let _ = task.await;
+                    }
+                    storage.delete_quietly(&paths).await
+                });
             }
             Err(_) => tracing::warn!("no runtime to remove parts; the orphan sweep will"),
         }
@@ -934,12 +939,15 @@ impl<'a> PartWriter<'a> {
 
     /// Waits for the part in flight, if any, and records it.
     async fn wait_for_part(&mut self) -> Result<()> {
-        let Some(task) = self.in_flight.take() else {
+        // Awaited in place: if this call is dropped (the client went away), the writer
+        // still holds the task, and its clean-up waits for the part before deleting it.
+        let Some(task) = self.in_flight.as_mut() else {
             return Ok(());
         };
-        let (info, encoded) = task
-            .await
-            .map_err(|e| Error::Internal(format!("part writer task failed: {e}")))??;
+        let joined = task.await;
+        self.in_flight = None;
+        let (info, encoded) =
+            joined.map_err(|e| Error::Internal(format!("part writer task failed: {e}")))??;
         self.parts.push(info);
         if let (Some(list), Some(part)) = (self.encoded.as_mut(), encoded) {
             self.encoded_bytes += part.bytes;
