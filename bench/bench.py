@@ -220,6 +220,10 @@ class FlightNode(Server):
     def http(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    @property
+    def uri(self) -> str:
+        return f"grpc://127.0.0.1:{self.grpc_port}"
+
     def start(self) -> "FlightNode":
         self.grpc_port, self.http_port = free_port(), free_port()
         with open(self.log_path, "ab") as logf:
@@ -266,7 +270,8 @@ class PyarrowPeer(Server):
 
     def start(self) -> "PyarrowPeer":
         port = self.spawn_peer([sys.executable, str(PEERS / "pyarrow_server.py")])
-        self.client = flight.FlightClient(f"grpc://127.0.0.1:{port}")
+        self.uri = f"grpc://127.0.0.1:{port}"
+        self.client = flight.FlightClient(self.uri)
         self.client.wait_for_available(timeout=START_TIMEOUT)
         return self
 
@@ -420,12 +425,51 @@ class Loopback:
         self.sock.close()
 
 
+class Fetcher(Server):
+    """A warm pyarrow client in its own process (`peers/flight_fetcher.py`), one per server:
+    `fetch()` asks it for one `do_get(...).read_all()` and returns the seconds it measured."""
+
+    def __init__(self, name: str, workdir: Path, uri: str, ticket: str, rows: int):
+        super().__init__(name, workdir)
+        self.ticket, self.rows = ticket, rows
+        self.cpu: list[tuple[float, float, int]] = []
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen([sys.executable, str(PEERS / "flight_fetcher.py"), uri],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=logf, text=True, bufsize=1)
+        _PROCS.append(self.proc)
+        if self._line() != "ready":
+            raise HarnessError(f"{name} did not start:\n{self.log_tail()}")
+
+    def _line(self) -> str:
+        ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT * 4)
+        return self.proc.stdout.readline().strip() if ready else ""
+
+    def fetch(self) -> float:
+        self.proc.stdin.write(self.ticket + "\n")
+        self.proc.stdin.flush()
+        answer = self._line().split(" ", 1)
+        if answer[0] != "ok":
+            raise HarnessError(f"{self.name}: {' '.join(answer) or 'no answer'}\n{self.log_tail()}")
+        secs, rows, user, sys_s, faults = answer[1].split()
+        expect_rows(self.name, int(rows), self.rows)
+        self.cpu.append((float(user), float(sys_s), int(faults)))
+        return float(secs)
+
+    def cpu_summary(self, skip: int) -> dict:
+        kept = self.cpu[skip:] or self.cpu
+        return {"client_user_ms": statistics.median(c[0] for c in kept) * 1000,
+                "client_sys_ms": statistics.median(c[1] for c in kept) * 1000,
+                "client_minor_faults": statistics.median(c[2] for c in kept)}
+
+
 def sc_doget(ctx: Ctx) -> None:
     table = ctx.big_table()
     nbytes = table.nbytes
     w = ctx.workdir("doget")
     node, peer, sender = FlightNode(ctx.binary, w), PyarrowPeer(w), Server("tcp-sender", w)
     loop = None
+    fetchers: list[Fetcher] = []
     try:
         node.start()
         peer.start()
@@ -433,34 +477,51 @@ def sc_doget(ctx: Ctx) -> None:
         loop = Loopback(port, nbytes)
         ours_ticket = put_table(node.client, "bench", "doget", table)["ticket"]
         peer_ticket = put_table(peer.client, "bench", "doget", table)["ticket"]
+        ours_fetch = Fetcher("client-of-flight-node", w, node.uri, ours_ticket, table.num_rows)
+        fetchers.append(ours_fetch)
+        peer_fetch = Fetcher("client-of-pyarrow", w, peer.uri, peer_ticket, table.num_rows)
+        fetchers.append(peer_fetch)
 
-        def fetch(client, ticket, who):
+        def shared(client, ticket, who):
             def run():
                 t, got = timed(lambda: get_table(client, ticket))
                 expect_rows(f"DoGet {who}", got.num_rows, table.num_rows)
                 return t
             return run
 
-        times = interleave([("flight-node", fetch(node.client, ours_ticket, "ours")),
-                            ("pyarrow FlightServerBase", fetch(peer.client, peer_ticket, "pyarrow")),
-                            ("raw loopback TCP", loop.fetch)], ctx.p["reps"], ctx.p["warmup"])
+        times = interleave([("flight-node", ours_fetch.fetch),
+                            ("pyarrow FlightServerBase", peer_fetch.fetch),
+                            ("raw loopback TCP", loop.fetch),
+                            ("flight-node, shared client", shared(node.client, ours_ticket, "ours")),
+                            ("pyarrow, shared client", shared(peer.client, peer_ticket, "pyarrow"))],
+                           ctx.p["reps"], ctx.p["warmup"])
         stats = node.stats()
     finally:
         if loop:
             loop.close()
-        for s in (node, peer, sender):
+        for s in (*fetchers, node, peer, sender):
             s.stop()
     c = {k: summarize(v, nbytes) for k, v in times.items()}
+    c["flight-node"].update(ours_fetch.cpu_summary(ctx.p["warmup"]))
+    c["pyarrow FlightServerBase"].update(peer_fetch.cpu_summary(ctx.p["warmup"]))
     ours = c["flight-node"]["median_s"]
     ratios = {"doget_vs_pyarrow": c["pyarrow FlightServerBase"]["median_s"] / ours,
               "doget_vs_loopback": c["raw loopback TCP"]["median_s"] / ours,
               "doget_mbps_ours": c["flight-node"]["mbps_median"],
               "doget_mbps_pyarrow": c["pyarrow FlightServerBase"]["mbps_median"],
-              "loopback_mbps": c["raw loopback TCP"]["mbps_median"]}
+              "loopback_mbps": c["raw loopback TCP"]["mbps_median"],
+              "doget_vs_pyarrow_shared_client": c["pyarrow, shared client"]["median_s"]
+              / c["flight-node, shared client"]["median_s"]}
+    for who, key in (("ours", "flight-node"), ("pyarrow", "pyarrow FlightServerBase")):
+        ratios[f"doget_client_cpu_ms_{who}"] = (c[key]["client_user_ms"]
+                                                 + c[key]["client_sys_ms"])
     section(ctx, "doget", "DoGet of a cached table",
             f"{table.num_rows:,} rows × {table.num_columns} mixed columns, {nbytes / MB:.0f} MB "
-            f"of Arrow data, sent in {BATCH_ROWS:,}-row batches; client: pyarrow "
-            f"`do_get(...).read_all()` in the harness process. Node cache hits after the run: "
+            f"of Arrow data, uploaded in {BATCH_ROWS:,}-row batches. Client: pyarrow "
+            f"`do_get(...).read_all()`; each server has its own warm client process "
+            f"(`peers/flight_fetcher.py`, which also reports the client's CPU time and page "
+            f"faults per fetch). The two *shared client* rows fetch from both servers in "
+            f"the harness process, alternately. Node cache hits after the run: "
             f"{stats.get('hits')}.", c, ratios)
 
 
