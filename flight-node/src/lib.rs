@@ -18,6 +18,7 @@ pub mod config;
 pub mod contract;
 pub mod csv;
 pub mod dictionary;
+pub mod encode;
 pub mod error;
 pub mod http;
 pub mod manifest;

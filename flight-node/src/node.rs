@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
-use arrow::compute::concat_batches;
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use arrow_flight::FlightData;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -16,16 +15,13 @@ use futures::stream::{self, BoxStream};
 use futures::{Stream, StreamExt, TryStreamExt};
 use lru::LruCache;
 use object_store::path::Path;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::Compression;
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
 use crate::cache::{encode_part, Cache, CacheKey, CacheStats, EncodedPart, EncodedTable};
 use crate::config::Config;
 use crate::contract::{Contract, Contracts};
+use crate::encode::{encode_for_storage, EncodedForStorage};
 use crate::error::{Error, Result};
 use crate::manifest::{self, Manifest, PartInfo, MANIFEST_FORMAT};
 use crate::metrics::Metrics;
@@ -37,8 +33,6 @@ use crate::ticket::{Ticket, TicketSigner};
 /// Target size of one Flight message sent by `DoGet`. Large messages mean fewer gRPC
 /// frames per byte; it stays well below the default maximum message size.
 pub const TARGET_MESSAGE_SIZE: usize = 4 << 20;
-/// Parts whose batches average fewer rows than this are concatenated into one batch.
-const COALESCE_BELOW_ROWS: usize = 16 * 1024;
 /// Rows per batch when decoding Parquet.
 const READ_BATCH_ROWS: usize = 64 * 1024;
 /// Parts fetched from storage at once when loading a version.
@@ -921,9 +915,16 @@ impl<'a> PartWriter<'a> {
         self.written.push(path.clone());
         let storage = self.node.storage.clone();
         self.in_flight = Some(tokio::spawn(async move {
-            let (parquet, rows, bytes, encoded) =
-                blocking(move || encode_for_storage(&schema, batches, want_encoded, target))
-                    .await?;
+            let threads = std::thread::available_parallelism().map_or(2, NonZeroUsize::get);
+            let EncodedForStorage {
+                parquet,
+                rows,
+                bytes,
+                flight: encoded,
+            } = blocking(move || {
+                encode_for_storage(&schema, batches, want_encoded, target, threads)
+            })
+            .await?;
             let stored_bytes = parquet.len() as u64;
             storage.put(&path, parquet).await?;
             let info = PartInfo {
@@ -966,53 +967,4 @@ impl<'a> PartWriter<'a> {
         self.flush().await?;
         self.wait_for_part().await
     }
-}
-
-/// What one part becomes: Parquet bytes for storage, its size figures, and (when the
-/// upload may be cached) its Flight messages. CPU-bound.
-fn encode_for_storage(
-    schema: &SchemaRef,
-    batches: Vec<RecordBatch>,
-    want_encoded: bool,
-    target: usize,
-) -> Result<(Bytes, u64, u64, Option<EncodedPart>)> {
-    // Coalesce small batches (a flood of one-row batches); large ones are written as they
-    // are, without another copy.
-    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    let batches = if batches.len() > 1 && rows / batches.len() < COALESCE_BELOW_ROWS {
-        vec![concat_batches(schema, &batches)?]
-    } else {
-        batches
-    };
-    let bytes: u64 = batches.iter().map(|b| batch_size(b) as u64).sum();
-    let rows = rows as u64;
-    let mut props = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        // Dictionary encoding pays off for strings; on numbers it mostly costs hashing
-        // every value before falling back.
-        .set_dictionary_enabled(false)
-        .set_statistics_enabled(EnabledStatistics::Chunk)
-        .set_key_value_metadata(Some(crate::dictionary::capture_all(&batches)?));
-    for field in schema.fields() {
-        if matches!(
-            field.data_type(),
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(_, _)
-        ) {
-            props =
-                props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), true);
-        }
-    }
-    // Sized up front: growing the buffer would copy it several times.
-    let out = Vec::with_capacity(usize::try_from(bytes).unwrap_or(0) / 2 + (1 << 20));
-    let mut writer = ArrowWriter::try_new(out, schema.clone(), Some(props.build()))?;
-    for batch in &batches {
-        writer.write(batch)?;
-    }
-    let parquet = Bytes::from(writer.into_inner()?);
-    let encoded = if want_encoded {
-        Some(encode_part(schema, &batches, target)?)
-    } else {
-        None
-    };
-    Ok((parquet, rows, bytes, encoded))
 }
