@@ -38,12 +38,12 @@ pub struct EncodedTable {
     pub schema: SchemaRef,
     /// The schema message every stream starts with.
     pub schema_message: FlightData,
-    pub parts: Vec<EncodedPart>,
+    pub parts: Vec<Arc<EncodedPart>>,
     pub bytes: usize,
 }
 
 impl EncodedTable {
-    pub fn new(schema: SchemaRef, parts: Vec<EncodedPart>) -> Result<Self> {
+    pub fn new(schema: SchemaRef, parts: Vec<Arc<EncodedPart>>) -> Result<Self> {
         let schema_message = schema_message(&schema)?;
         let bytes = parts.iter().map(|p| p.bytes).sum::<usize>() + message_size(&schema_message);
         Ok(Self {
@@ -66,11 +66,15 @@ impl EncodedTable {
             None => 0..this.parts.len(),
         };
         let schema = std::iter::once(this.schema_message.clone());
-        let body = parts.flat_map(move |p| {
-            let this = Arc::clone(&this);
-            (0..this.parts[p].messages.len()).map(move |i| this.parts[p].messages[i].clone())
-        });
+        let body = parts.flat_map(move |p| EncodedPart::messages(Arc::clone(&this.parts[p])));
         schema.chain(body)
+    }
+}
+
+impl EncodedPart {
+    /// The part's messages, as clones of reference-counted buffers.
+    pub fn messages(part: Arc<Self>) -> impl Iterator<Item = FlightData> + Send + 'static {
+        (0..part.messages.len()).map(move |i| part.messages[i].clone())
     }
 }
 
@@ -316,7 +320,7 @@ mod tests {
         )
         .unwrap();
         let part = encode_part(&schema, &[batch], 1 << 20).unwrap();
-        Arc::new(EncodedTable::new(schema, vec![part]).unwrap())
+        Arc::new(EncodedTable::new(schema, vec![Arc::new(part)]).unwrap())
     }
 
     fn key(name: &str, v: u64) -> CacheKey {

@@ -56,6 +56,10 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// The failure of work several requests waited for (loading a version from storage).
+    #[error("{0}")]
+    Shared(std::sync::Arc<Error>),
+
     /// Configuration could not be loaded; only raised at start-up or on reload.
     #[error("{0}")]
     Config(String),
@@ -108,6 +112,7 @@ impl Error {
                 object_store::Error::NotFound { .. } => Code::NotFound,
                 _ => Code::Unavailable,
             },
+            Error::Shared(e) => e.code(),
             Error::Data { .. } | Error::Config(_) | Error::Internal(_) => Code::Internal,
         }
     }

@@ -16,6 +16,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use lru::LruCache;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use ulid::Ulid;
 
 use crate::cache::{encode_part, Cache, CacheKey, CacheStats, EncodedPart, EncodedTable};
@@ -142,7 +143,22 @@ pub struct Node {
     limits: Limits,
     metrics: Metrics,
     manifests: Mutex<LruCache<CacheKey, Arc<Manifest>>>,
-    loading: Mutex<HashMap<CacheKey, Arc<tokio::sync::Mutex<()>>>>,
+    loading: Mutex<HashMap<CacheKey, watch::Receiver<LoadProgress>>>,
+}
+
+/// A version being read from storage into memory. Parts are published in order as they
+/// are decoded, so readers stream the first part while later ones are still loading; the
+/// table enters the cache when its last part is in.
+#[derive(Debug, Clone, Default)]
+pub struct LoadProgress {
+    parts: Vec<Arc<EncodedPart>>,
+    outcome: Option<std::result::Result<(), Arc<Error>>>,
+}
+
+/// What a reader of a version that is not in memory gets.
+enum Loaded {
+    Cached(Arc<EncodedTable>),
+    Loading(watch::Receiver<LoadProgress>),
 }
 
 impl std::fmt::Debug for Node {
@@ -309,7 +325,7 @@ impl Node {
         let key = (id, manifest.version);
         self.remember(key.clone(), manifest.clone());
         if let Some(parts) = w.encoded.take() {
-            match EncodedTable::new(schema, parts) {
+            match EncodedTable::new(schema, parts.into_iter().map(Arc::new).collect()) {
                 Ok(t) => {
                     self.cache.insert(key, Arc::new(t));
                 }
@@ -516,7 +532,7 @@ impl Node {
     /// on a miss the version is loaded from Parquet once (concurrent readers wait for that
     /// one load) and cached, or streamed part by part when it cannot fit the cache.
     pub async fn stream(
-        &self,
+        self: &Arc<Self>,
         manifest: &Manifest,
         part: Option<u32>,
     ) -> Result<BoxStream<'static, Result<FlightData>>> {
@@ -526,8 +542,21 @@ impl Node {
         if let Some(t) = self.cache.get(&key) {
             return Ok(stream::iter(t.messages(part).map(Ok)).boxed());
         }
-        if let Some(table) = self.ensure_cached(manifest).await? {
-            return Ok(stream::iter(table.messages(part).map(Ok)).boxed());
+        let estimate = usize::try_from(manifest.bytes).unwrap_or(usize::MAX);
+        if self.cache.fits(estimate) {
+            match self.start_load(manifest)? {
+                Loaded::Cached(t) => return Ok(stream::iter(t.messages(part).map(Ok)).boxed()),
+                Loaded::Loading(progress) => {
+                    let head = crate::cache::schema_message(&manifest.arrow_schema()?)?;
+                    let range = match part {
+                        Some(p) => p..p + 1,
+                        None => 0..manifest.parts.len(),
+                    };
+                    return Ok(stream::once(async { Ok(head) })
+                        .chain(stream_loading(progress, range))
+                        .boxed());
+                }
+            }
         }
         // Too large for memory: stream part by part, one part resident at a time.
         let schema = manifest.arrow_schema()?;
@@ -553,8 +582,11 @@ impl Node {
     }
 
     /// The cached table of a version, loading it from storage once if it is missing (other
-    /// readers of the same version wait for that load). `None` when it cannot fit in memory.
-    pub async fn ensure_cached(&self, manifest: &Manifest) -> Result<Option<Arc<EncodedTable>>> {
+    /// readers of the same version share that load). `None` when it cannot fit in memory.
+    pub async fn ensure_cached(
+        self: &Arc<Self>,
+        manifest: &Manifest,
+    ) -> Result<Option<Arc<EncodedTable>>> {
         let key = (manifest.dataset()?, manifest.version);
         if let Some(t) = self.cache.peek(&key) {
             return Ok(Some(t));
@@ -563,28 +595,75 @@ impl Node {
         if !self.cache.fits(estimate) {
             return Ok(None);
         }
-        let lock = self.load_lock(&key);
-        let guard = lock.lock().await;
-        let table = match self.cache.peek(&key) {
-            Some(t) => t,
-            None => {
-                let t = Arc::new(self.load_table(manifest).await?);
-                self.cache.insert(key.clone(), Arc::clone(&t));
-                t
+        match self.start_load(manifest)? {
+            Loaded::Cached(t) => Ok(Some(t)),
+            Loaded::Loading(mut progress) => {
+                let outcome = progress
+                    .wait_for(|p| p.outcome.is_some())
+                    .await
+                    .map_err(|_| Error::Internal("loading the version stopped".into()))?
+                    .outcome
+                    .clone();
+                match outcome {
+                    Some(Err(e)) => Err(Error::Shared(e)),
+                    _ => Ok(self.cache.peek(&key)),
+                }
             }
-        };
-        drop(guard);
-        self.loading
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
-        Ok(Some(table))
+        }
+    }
+
+    /// Starts loading a version into memory, or joins the load in progress. The load runs
+    /// in its own task: a reader that goes away does not stop it.
+    fn start_load(self: &Arc<Self>, manifest: &Manifest) -> Result<Loaded> {
+        let key = (manifest.dataset()?, manifest.version);
+        let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        // Checked under the lock the finished load takes to leave the map.
+        if let Some(t) = self.cache.peek(&key) {
+            return Ok(Loaded::Cached(t));
+        }
+        if let Some(progress) = loading.get(&key) {
+            return Ok(Loaded::Loading(progress.clone()));
+        }
+        let (tx, rx) = watch::channel(LoadProgress::default());
+        loading.insert(key.clone(), rx.clone());
+        drop(loading);
+        let node = Arc::clone(self);
+        let manifest = manifest.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let result = node.load_table(&manifest, &tx).await;
+            let outcome = {
+                let mut loading = node.loading.lock().unwrap_or_else(|p| p.into_inner());
+                let outcome = match result {
+                    Ok(table) => {
+                        let secs = started.elapsed().as_secs_f64();
+                        tracing::info!(
+                            dataset = %key.0, version = key.1, bytes = table.bytes,
+                            parts = table.parts.len(), seconds = secs,
+                            mb_per_s = table.bytes as f64 / secs.max(1e-9) / 1e6,
+                            "loaded from storage into memory"
+                        );
+                        node.cache.insert(key.clone(), Arc::new(table));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::warn!(dataset = %key.0, version = key.1, error = %e, "failed to load a version from storage");
+                        Err(Arc::new(e))
+                    }
+                };
+                loading.remove(&key);
+                outcome
+            };
+            crate::memory::release();
+            tx.send_modify(|p| p.outcome = Some(outcome));
+        });
+        Ok(Loaded::Loading(rx))
     }
 
     /// The `preload` action: brings a version (the newest by default) into memory ahead of
     /// its first read. Returns the manifest and whether it is now cached.
     pub async fn preload(
-        &self,
+        self: &Arc<Self>,
         id: &DatasetId,
         version: Option<u64>,
     ) -> Result<(Arc<Manifest>, bool)> {
@@ -597,15 +676,15 @@ impl Node {
         Ok((manifest, cached))
     }
 
-    fn load_lock(&self, key: &CacheKey) -> Arc<tokio::sync::Mutex<()>> {
-        let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(loading.entry(key.clone()).or_default())
-    }
-
-    async fn load_table(&self, manifest: &Manifest) -> Result<EncodedTable> {
+    /// Reads every part of a version, publishing each (in order) as soon as it is ready.
+    async fn load_table(
+        &self,
+        manifest: &Manifest,
+        progress: &watch::Sender<LoadProgress>,
+    ) -> Result<EncodedTable> {
         let schema = manifest.arrow_schema()?;
         let target = self.limits.message_target();
-        let parts: Vec<EncodedPart> = stream::iter(manifest.parts.clone())
+        let mut parts = stream::iter(manifest.parts.clone())
             .map(|p| {
                 let storage = self.storage.clone();
                 let schema = schema.clone();
@@ -614,13 +693,15 @@ impl Node {
                     blocking(move || encode_part(&schema, &batches, target)).await
                 }
             })
-            .buffered(LOAD_PARALLELISM)
-            .try_collect()
-            .await?;
-        tracing::info!(dataset = %manifest.dataset()?, version = manifest.version, "loaded from storage into memory");
-        let table = EncodedTable::new(schema, parts);
-        crate::memory::release();
-        table
+            .buffered(LOAD_PARALLELISM);
+        let mut loaded = Vec::with_capacity(manifest.parts.len());
+        while let Some(part) = parts.next().await {
+            let part = Arc::new(part?);
+            progress.send_modify(|p| p.parts.push(Arc::clone(&part)));
+            loaded.push(part);
+        }
+        drop(parts);
+        EncodedTable::new(schema, loaded)
     }
 
     /// Record batches of a version (for the HTTP export), part by part.
@@ -747,6 +828,37 @@ pub fn batch_size(batch: &RecordBatch) -> usize {
 }
 
 /// Runs CPU-bound work off the async runtime.
+/// The messages of parts `range` of a version being loaded, each part sent as soon as the
+/// load publishes it.
+fn stream_loading(
+    progress: watch::Receiver<LoadProgress>,
+    range: std::ops::Range<usize>,
+) -> impl Stream<Item = Result<FlightData>> + Send + 'static {
+    let end = range.end;
+    stream::unfold((progress, range.start), move |(mut rx, i)| async move {
+        if i >= end {
+            return None;
+        }
+        let next = match rx
+            .wait_for(|p| p.parts.len() > i || p.outcome.is_some())
+            .await
+        {
+            Err(_) => Err(Error::Internal("loading the version stopped".into())),
+            Ok(p) => match (p.parts.get(i), &p.outcome) {
+                (Some(part), _) => Ok(Arc::clone(part)),
+                (None, Some(Err(e))) => Err(Error::Shared(Arc::clone(e))),
+                (None, _) => Err(Error::Internal(format!(
+                    "the version was loaded without its part {i}"
+                ))),
+            },
+        };
+        let after = if next.is_ok() { i + 1 } else { end };
+        Some((next, (rx, after)))
+    })
+    .map_ok(|part| stream::iter(EncodedPart::messages(part).map(Ok)))
+    .try_flatten()
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
@@ -966,5 +1078,155 @@ impl<'a> PartWriter<'a> {
     async fn finish(&mut self) -> Result<()> {
         self.flush().await?;
         self.wait_for_part().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use object_store::memory::InMemory;
+    use object_store::throttle::{ThrottleConfig, ThrottledStore};
+    use object_store::{ObjectStore, ObjectStoreExt};
+
+    /// A node whose storage answers every GET after `get_delay`, with parts of ~80 kB.
+    fn node(store: Arc<dyn ObjectStore>, get_delay: Duration) -> Arc<Node> {
+        let config = ThrottleConfig {
+            wait_get_per_call: get_delay,
+            ..ThrottleConfig::default()
+        };
+        let storage =
+            Storage::from_store(Arc::new(ThrottledStore::new(store, config)), "memory://");
+        let limits = Limits {
+            part_size: 80_000,
+            max_message_size: 64 << 20,
+            max_upload_size: 1 << 30,
+            max_upload_batches: 1000,
+            default_ttl: None,
+        };
+        let placement = Placement::new(None, None).unwrap();
+        Arc::new(Node::new(
+            storage,
+            1 << 30,
+            Contracts::default(),
+            None,
+            placement,
+            limits,
+        ))
+    }
+
+    /// Uploads 4 parts of 10,000 rows and evicts them: the next read loads from storage.
+    async fn upload(node: &Node) -> Manifest {
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let batches: Vec<Result<RecordBatch>> = (0..4)
+            .map(|k| {
+                let a = Int64Array::from_iter_values(k * 10_000..(k + 1) * 10_000);
+                Ok(RecordBatch::try_new(schema.clone(), vec![Arc::new(a)]).unwrap())
+            })
+            .collect();
+        let id = DatasetId::new("ns", "t").unwrap();
+        let m = node
+            .put(
+                id.clone(),
+                PutOptions::default(),
+                schema,
+                stream::iter(batches),
+            )
+            .await
+            .unwrap();
+        assert_eq!(m.parts.len(), 4);
+        assert_eq!(node.evict(&id, None), 1);
+        m
+    }
+
+    fn rows(messages: &[FlightData]) -> Vec<i64> {
+        arrow_flight::utils::flight_data_to_batches(messages)
+            .unwrap()
+            .iter()
+            .flat_map(|b| {
+                let a = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                a.values().to_vec()
+            })
+            .collect()
+    }
+
+    /// A cold read streams the first part while later parts are still being read (a GET
+    /// takes 400 ms, two at a time, four parts), then the version is cached.
+    #[tokio::test]
+    async fn a_cold_read_streams_parts_as_they_load() {
+        let node = node(Arc::new(InMemory::new()), Duration::from_millis(400));
+        let m = upload(&node).await;
+        let key = (m.dataset().unwrap(), m.version);
+        let mut s = node.stream(&m, None).await.unwrap();
+        let mut got = vec![s.next().await.unwrap().unwrap()]; // the schema
+        got.push(s.next().await.unwrap().unwrap()); // part 0
+        assert!(
+            node.cache().peek(&key).is_none(),
+            "the first part came only after the whole version was loaded"
+        );
+        while let Some(m) = s.next().await {
+            got.push(m.unwrap());
+        }
+        assert_eq!(rows(&got), (0..40_000).collect::<Vec<_>>());
+        assert!(node.cache().peek(&key).is_some());
+        // A single part of a version in memory.
+        let part: Vec<FlightData> = node
+            .stream(&m, Some(2))
+            .await
+            .unwrap()
+            .map(|m| m.unwrap())
+            .collect()
+            .await;
+        assert_eq!(rows(&part), (20_000..30_000).collect::<Vec<_>>());
+    }
+
+    /// Readers that arrive during a load share it; a reader that goes away does not stop it.
+    #[tokio::test]
+    async fn readers_share_one_load_that_outlives_them() {
+        let node = node(Arc::new(InMemory::new()), Duration::from_millis(100));
+        let m = upload(&node).await;
+        let key = (m.dataset().unwrap(), m.version);
+        let mut first = node.stream(&m, None).await.unwrap();
+        first.next().await.unwrap().unwrap();
+        let second = node.stream(&m, Some(3)).await.unwrap();
+        assert_eq!(node.loading.lock().unwrap().len(), 1);
+        drop(first);
+        let part: Vec<FlightData> = second.map(|m| m.unwrap()).collect().await;
+        assert_eq!(rows(&part), (30_000..40_000).collect::<Vec<_>>());
+        for _ in 0..100 {
+            if node.cache().peek(&key).is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(node.cache().peek(&key).is_some());
+        assert!(node.loading.lock().unwrap().is_empty());
+    }
+
+    /// A part missing from storage fails every waiting reader with the same error, and a
+    /// later read tries again instead of waiting on the failed load.
+    #[tokio::test]
+    async fn a_failed_load_reaches_every_reader_and_is_not_kept() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let node = node(Arc::clone(&store), Duration::from_millis(50));
+        let m = upload(&node).await;
+        store
+            .delete(&Path::from(m.parts[3].path.as_str()))
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            let a = node.stream(&m, None).await.unwrap();
+            let b = node.stream(&m, Some(3)).await.unwrap();
+            let (a, b) = tokio::join!(a.collect::<Vec<_>>(), b.collect::<Vec<_>>());
+            for got in [a, b] {
+                let err = got.into_iter().find_map(|m| m.err()).expect("an error");
+                assert_eq!(err.code(), tonic::Code::Internal);
+                assert!(err.to_string().contains("missing from storage"), "{err}");
+            }
+            assert!(node.loading.lock().unwrap().is_empty());
+        }
+        let err = node.ensure_cached(&m).await.unwrap_err();
+        assert!(err.to_string().contains("missing from storage"), "{err}");
     }
 }

@@ -105,6 +105,14 @@ impl Storage {
         })
     }
 
+    /// Storage over any object store (tests wrap stores to slow them down or count calls).
+    pub fn from_store(store: Arc<dyn ObjectStore>, url: impl Into<String>) -> Self {
+        Self {
+            store,
+            url: url.into(),
+        }
+    }
+
     /// An in-memory store, for tests.
     pub fn in_memory() -> Self {
         Self {
