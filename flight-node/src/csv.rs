@@ -159,7 +159,8 @@ fn parse_blocks<R: Read>(
                     .map_err(|e| Error::Internal(format!("failed to start a CSV parser: {e}")))?;
                 pending.push_back(handle);
             }
-            while pending.len() >= workers || (eof && buf.is_empty() && !pending.is_empty()) {
+            // One block more than there are parsers: the next one is read while they work.
+            while pending.len() > workers || (eof && buf.is_empty() && !pending.is_empty()) {
                 let Some(handle) = pending.pop_front() else {
                     break;
                 };
