@@ -21,17 +21,18 @@ async fn main() -> std::process::ExitCode {
 /// Tables come and go in large buffers. Buffers below the mmap threshold come from the heap,
 /// where an upload reuses the pages it freed a moment before; buffers above it are mapped
 /// fresh, so every page faults and is zeroed again (half of an upload's time with a 1 MiB
-/// threshold). A fixed 32 MiB threshold (glibc's own ceiling) keeps the buffers of an upload
-/// (messages, column chunks, Parquet pages) on the heap, and after each upload or load the
-/// library calls `malloc_trim`, which returns what is free: the resident size stays within
-/// about 1.15x the cached bytes either way (see bench/README.md).
+/// threshold). glibc's own policy raises the threshold as large buffers are freed, and the
+/// heap then keeps about twice the cached data. A fixed 4 MiB threshold keeps most buffers
+/// of an upload (messages, column chunks, pages) on the heap, and after each upload or load
+/// the library calls `malloc_trim`, which returns what is free: the resident size stays
+/// within about 1.15x the cached bytes (see bench/README.md).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn keep_large_allocations_returnable() {
     // SAFETY: mallopt only changes allocator parameters; it is called once, first thing in
     // main, and takes no pointers.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
     flight_node::memory::set_release_hook(trim);
 }
