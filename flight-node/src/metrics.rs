@@ -7,9 +7,16 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::cache::CacheStats;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LoadLabels {
+    /// `ok` or `error`.
+    pub result: String,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -25,6 +32,9 @@ pub struct Metrics {
     upload_rows: Counter,
     upload_bytes: Counter,
     sent_bytes: Counter,
+    loads: Family<LoadLabels, Counter>,
+    load_seconds: Histogram,
+    load_bytes: Counter,
     cache_used: Gauge<u64, AtomicU64>,
     cache_limit: Gauge<u64, AtomicU64>,
     cache_tables: Gauge<u64, AtomicU64>,
@@ -65,6 +75,25 @@ impl Metrics {
             "sent_bytes",
             "Flight data bytes sent by DoGet",
             sent_bytes.clone(),
+        );
+        let loads = Family::<LoadLabels, Counter>::default();
+        registry.register(
+            "storage_loads",
+            "Versions read from storage into memory, by result",
+            loads.clone(),
+        );
+        // 10 ms to about 80 s.
+        let load_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        registry.register(
+            "storage_load_seconds",
+            "Time to read a version from storage into memory",
+            load_seconds.clone(),
+        );
+        let load_bytes = Counter::default();
+        registry.register(
+            "storage_load_bytes",
+            "Arrow bytes read from storage into memory",
+            load_bytes.clone(),
         );
         let gauge = |registry: &mut Registry, name: &str, help: &str| {
             let g = Gauge::<u64, AtomicU64>::default();
@@ -109,6 +138,9 @@ impl Metrics {
             upload_rows,
             upload_bytes,
             sent_bytes,
+            loads,
+            load_seconds,
+            load_bytes,
             cache_used,
             cache_limit,
             cache_tables,
@@ -130,6 +162,20 @@ impl Metrics {
     pub fn record_upload(&self, rows: u64, bytes: u64) {
         self.upload_rows.inc_by(rows);
         self.upload_bytes.inc_by(bytes);
+    }
+
+    /// A load from storage ended: its duration, and its Arrow bytes when it succeeded.
+    pub fn record_load(&self, seconds: f64, bytes: Option<u64>) {
+        let result = if bytes.is_some() { "ok" } else { "error" };
+        self.loads
+            .get_or_create(&LoadLabels {
+                result: result.into(),
+            })
+            .inc();
+        self.load_seconds.observe(seconds);
+        if let Some(b) = bytes {
+            self.load_bytes.inc_by(b);
+        }
     }
 
     pub fn record_sent(&self, bytes: u64) {

@@ -634,9 +634,11 @@ impl Node {
             let result = node.load_table(&manifest, &tx).await;
             let outcome = {
                 let mut loading = node.loading.lock().unwrap_or_else(|p| p.into_inner());
+                let secs = started.elapsed().as_secs_f64();
+                node.metrics
+                    .record_load(secs, result.as_ref().ok().map(|t| t.bytes as u64));
                 let outcome = match result {
                     Ok(table) => {
-                        let secs = started.elapsed().as_secs_f64();
                         tracing::info!(
                             dataset = %key.0, version = key.1, bytes = table.bytes,
                             parts = table.parts.len(), seconds = secs,
@@ -1170,6 +1172,15 @@ mod tests {
         }
         assert_eq!(rows(&got), (0..40_000).collect::<Vec<_>>());
         assert!(node.cache().peek(&key).is_some());
+        let metrics = node.metrics().render(&node.cache().stats());
+        assert!(
+            metrics.contains("flight_storage_loads_total{result=\"ok\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("flight_storage_load_seconds_count 1"),
+            "{metrics}"
+        );
         // A single part of a version in memory.
         let part: Vec<FlightData> = node
             .stream(&m, Some(2))
@@ -1228,5 +1239,10 @@ mod tests {
         }
         let err = node.ensure_cached(&m).await.unwrap_err();
         assert!(err.to_string().contains("missing from storage"), "{err}");
+        let metrics = node.metrics().render(&node.cache().stats());
+        assert!(
+            metrics.contains("flight_storage_loads_total{result=\"error\"} 3"),
+            "{metrics}"
+        );
     }
 }
