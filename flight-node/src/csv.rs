@@ -204,6 +204,8 @@ fn forward(
 
 /// Appends up to `more` bytes of input to `buf`; true at the end of input.
 fn fill<R: Read>(input: &mut R, buf: &mut Vec<u8>, more: usize) -> Result<bool> {
+    // Exactly what is asked for: growing by doubling would copy the block.
+    buf.reserve_exact(more);
     let missing = more as u64;
     let got = input
         .take(missing)

@@ -65,7 +65,15 @@ pub fn capture_all(batches: &[RecordBatch]) -> Result<Vec<KeyValue>> {
         return Ok(Vec::new());
     };
     let mut out = capture(first)?;
-    out.retain(|kv| {
+    for b in &batches[1..] {
+        retain_shared(&mut out, first, b);
+    }
+    Ok(out)
+}
+
+/// Keeps the recorded dictionaries of `first` that `other` shares.
+pub fn retain_shared(kv: &mut Vec<KeyValue>, first: &RecordBatch, other: &RecordBatch) {
+    kv.retain(|kv| {
         let Some(i) = kv
             .key
             .strip_prefix(KEY_PREFIX)
@@ -74,14 +82,13 @@ pub fn capture_all(batches: &[RecordBatch]) -> Result<Vec<KeyValue>> {
             return false;
         };
         let values = |b: &RecordBatch| {
-            b.column(i)
-                .as_any_dictionary_opt()
+            b.columns()
+                .get(i)
+                .and_then(|c| c.as_any_dictionary_opt())
                 .map(|d| d.values().to_data())
         };
-        let first_values = values(first);
-        batches[1..].iter().all(|b| values(b) == first_values)
+        values(first) == values(other)
     });
-    Ok(out)
 }
 
 /// Reads the recorded dictionaries back, by column index.

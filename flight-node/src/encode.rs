@@ -1,11 +1,12 @@
 //! Encoding one part of an upload: Parquet for storage and, when the version may be
 //! cached, the Flight messages `DoGet` will send.
 //!
-//! Both encodings of a part run at once, and the Parquet columns are encoded in parallel
-//! with the low-level writer of the `parquet` crate (`ArrowColumnWriter`, one column chunk
-//! per task): an upload is acknowledged only once its parts are durable, so the time spent
-//! here is time the client waits. The file is the same one `ArrowWriter` would write:
-//! same schema metadata, same row groups, same encodings.
+//! A part is encoded row group by row group while the upload streams in; within a row group
+//! the Flight messages and the Parquet column chunks are parallel tasks, through the
+//! low-level writer of the `parquet` crate (`ArrowColumnWriter`). An upload is acknowledged
+//! only once its parts are durable, so the time spent here after the last batch is time
+//! the client waits. The file is what `ArrowWriter` writes: same schema metadata and
+//! encodings, one row group per group of batches.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -14,10 +15,15 @@ use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, SchemaRef};
 use bytes::Bytes;
-use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnChunk, ArrowColumnWriter};
+use parquet::arrow::arrow_writer::{
+    compute_leaves, ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn,
+    ArrowRowGroupWriterFactory,
+};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 
 use crate::cache::{encode_part, EncodedPart};
@@ -40,8 +46,9 @@ pub struct EncodedForStorage {
     pub flight: Option<EncodedPart>,
 }
 
-/// Encodes a part as Parquet (and as Flight messages when `want_flight`). CPU-bound: call
-/// from a blocking thread; it uses up to `threads` threads.
+/// Encodes a whole part as Parquet (and as Flight messages when `want_flight`), cut into
+/// one row group per thread when it is long enough. CPU-bound: call from a blocking thread;
+/// it uses up to `threads` threads.
 pub fn encode_for_storage(
     schema: &SchemaRef,
     batches: Vec<RecordBatch>,
@@ -49,42 +56,130 @@ pub fn encode_for_storage(
     message_target: usize,
     threads: usize,
 ) -> Result<EncodedForStorage> {
-    // Coalesce small batches (a flood of one-row batches); large ones are written as they
-    // are, without another copy.
-    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    let batches = if batches.len() > 1 && rows / batches.len() < COALESCE_BELOW_ROWS {
-        vec![concat_batches(schema, &batches)?]
-    } else {
-        batches
-    };
-    let bytes: u64 = batches
-        .iter()
-        .map(|b| crate::node::batch_size(b) as u64)
-        .sum();
-    let props = properties(schema, &batches)?;
-    let max_rows = group_rows(
-        rows,
-        props.max_row_group_row_count().unwrap_or(usize::MAX),
-        threads,
-    );
-    // Sized up front: growing the buffer would copy it several times.
-    let out = Vec::with_capacity(usize::try_from(bytes).unwrap_or(0) / 2 + (1 << 20));
-    let writer = ArrowWriter::try_new(out, schema.clone(), Some(props))?;
-    let (mut file, factory) = writer.into_serialized_writer()?;
-
-    // The tasks: the Flight encoding (the longest, first) and one per column chunk.
-    let groups = row_groups(&batches, max_rows);
-    let mut tasks: VecDeque<Task> = VecDeque::new();
-    if want_flight {
-        tasks.push_back(Task::Flight);
+    let mut encoder = PartEncoder::new(schema.clone(), want_flight, message_target, threads)?;
+    for group in encoder.groups(batches) {
+        encoder.add(group)?;
     }
-    let mut chunk_count = Vec::with_capacity(groups.len());
-    for (g, group) in groups.iter().enumerate() {
-        let writers = factory.create_column_writers(g)?;
-        let mut leaves: Vec<Vec<_>> = writers.iter().map(|_| Vec::new()).collect();
+    encoder.finish()
+}
+
+/// Encodes one part row group by row group, as its batches arrive: an upload's part is
+/// mostly encoded by the time its last batch comes in.
+pub struct PartEncoder {
+    schema: SchemaRef,
+    file: SerializedFileWriter<Vec<u8>>,
+    factory: ArrowRowGroupWriterFactory,
+    max_group_rows: usize,
+    groups: usize,
+    flight: Option<EncodedPart>,
+    message_target: usize,
+    threads: usize,
+    rows: u64,
+    bytes: u64,
+    /// The first batch (kept while the schema has dictionary columns) and the dictionaries
+    /// every batch so far shared with it.
+    dictionaries: Option<(RecordBatch, Vec<KeyValue>)>,
+}
+
+impl std::fmt::Debug for PartEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartEncoder")
+            .field("groups", &self.groups)
+            .field("rows", &self.rows)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartEncoder {
+    pub fn new(
+        schema: SchemaRef,
+        want_flight: bool,
+        message_target: usize,
+        threads: usize,
+    ) -> Result<Self> {
+        let props = properties(&schema);
+        let max_group_rows = props.max_row_group_row_count().unwrap_or(usize::MAX).max(1);
+        let writer =
+            ArrowWriter::try_new(Vec::with_capacity(1 << 20), schema.clone(), Some(props))?;
+        let (file, factory) = writer.into_serialized_writer()?;
+        Ok(Self {
+            schema,
+            file,
+            factory,
+            max_group_rows,
+            groups: 0,
+            flight: want_flight.then(EncodedPart::default),
+            message_target,
+            threads: threads.max(1),
+            rows: 0,
+            bytes: 0,
+            dictionaries: None,
+        })
+    }
+
+    /// Cuts the last batches of a part into row groups: one per thread when the part is
+    /// long enough, so that its widest column is encoded by several threads.
+    pub fn groups(&self, batches: Vec<RecordBatch>) -> Vec<Vec<RecordBatch>> {
+        let rows = batches.iter().map(RecordBatch::num_rows).sum();
+        row_groups(
+            &batches,
+            group_rows(rows, self.max_group_rows, self.threads),
+        )
+    }
+
+    /// Encodes `batches` as the next row group (several when longer than the maximum).
+    pub fn add(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        if rows == 0 {
+            return Ok(());
+        }
+        // Coalesce small batches (a flood of one-row batches); large ones are encoded as
+        // they are, without another copy.
+        let batches = if batches.len() > 1 && rows / batches.len() < COALESCE_BELOW_ROWS {
+            vec![concat_batches(&self.schema, &batches)?]
+        } else {
+            batches
+        };
+        self.track_dictionaries(&batches)?;
+        self.rows += rows as u64;
+        self.bytes += batches
+            .iter()
+            .map(|b| crate::node::batch_size(b) as u64)
+            .sum::<u64>();
+        for group in row_groups(&batches, self.max_group_rows) {
+            self.add_group(&group)?;
+        }
+        Ok(())
+    }
+
+    fn track_dictionaries(&mut self, batches: &[RecordBatch]) -> Result<()> {
+        let has_dictionaries = self
+            .schema
+            .fields()
+            .iter()
+            .any(|f| matches!(f.data_type(), DataType::Dictionary(_, _)));
+        if !has_dictionaries {
+            return Ok(());
+        }
+        for batch in batches {
+            match &mut self.dictionaries {
+                None => {
+                    self.dictionaries = Some((batch.clone(), crate::dictionary::capture(batch)?));
+                }
+                Some((first, kv)) => crate::dictionary::retain_shared(kv, first, batch),
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes one row group: its column chunks and its Flight messages as parallel tasks.
+    fn add_group(&mut self, group: &[RecordBatch]) -> Result<()> {
+        let writers = self.factory.create_column_writers(self.groups)?;
+        self.groups += 1;
+        let mut leaves: Vec<Vec<ArrowLeafColumn>> = writers.iter().map(|_| Vec::new()).collect();
         for batch in group {
             let mut leaf = 0;
-            for (field, column) in schema.fields().iter().zip(batch.columns()) {
+            for (field, column) in self.schema.fields().iter().zip(batch.columns()) {
                 for l in compute_leaves(field, column)? {
                     leaves
                         .get_mut(leaf)
@@ -94,109 +189,120 @@ pub fn encode_for_storage(
                 }
             }
         }
-        chunk_count.push(writers.len());
+        let columns = writers.len();
+        let mut tasks: VecDeque<Task> = VecDeque::with_capacity(columns + 1);
+        if self.flight.is_some() {
+            tasks.push_back(Task::Flight); // the longest: first
+        }
         for (c, (writer, leaves)) in writers.into_iter().zip(leaves).enumerate() {
             tasks.push_back(Task::Column {
-                group: g,
                 column: c,
                 writer: Box::new(writer),
                 leaves,
             });
         }
-    }
-    let total = tasks.len();
-    let queue = Mutex::new(tasks);
-    let results: Mutex<Vec<Done>> = Mutex::new(Vec::with_capacity(total));
-    let run = || -> Result<()> {
-        loop {
-            let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
-            let Some(task) = next else {
-                return Ok(());
-            };
-            let done = match task {
-                Task::Flight => Done::Flight(encode_part(schema, &batches, message_target)?),
-                Task::Column {
-                    group,
-                    column,
-                    mut writer,
-                    leaves,
-                } => {
-                    for l in &leaves {
-                        writer.write(l)?;
+        let total = tasks.len();
+        let queue = Mutex::new(tasks);
+        let results: Mutex<Vec<Done>> = Mutex::new(Vec::with_capacity(total));
+        let (schema, target) = (&self.schema, self.message_target);
+        let run = || -> Result<()> {
+            loop {
+                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                let Some(task) = next else {
+                    return Ok(());
+                };
+                let done = match task {
+                    Task::Flight => Done::Flight(encode_part(schema, group, target)?),
+                    Task::Column {
+                        column,
+                        mut writer,
+                        leaves,
+                    } => {
+                        for l in &leaves {
+                            writer.write(l)?;
+                        }
+                        Done::Column(column, Box::new(writer.close()?))
                     }
-                    Done::Column(group, column, Box::new(writer.close()?))
-                }
-            };
-            results.lock().unwrap_or_else(|p| p.into_inner()).push(done);
-        }
-    };
-    let workers = threads.clamp(1, total.max(1));
-    std::thread::scope(|scope| -> Result<()> {
-        let helpers: Vec<_> = (1..workers).map(|_| scope.spawn(run)).collect();
-        let mut outcome = run();
-        for h in helpers {
-            let r = h
-                .join()
-                .unwrap_or_else(|_| Err(Error::Internal("an encoder thread panicked".into())));
-            outcome = outcome.and(r);
-        }
-        outcome
-    })?;
+                };
+                results.lock().unwrap_or_else(|p| p.into_inner()).push(done);
+            }
+        };
+        let workers = self.threads.clamp(1, total.max(1));
+        std::thread::scope(|scope| -> Result<()> {
+            let helpers: Vec<_> = (1..workers).map(|_| scope.spawn(run)).collect();
+            let mut outcome = run();
+            for h in helpers {
+                let r = h
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::Internal("an encoder thread panicked".into())));
+                outcome = outcome.and(r);
+            }
+            outcome
+        })?;
 
-    let mut flight = None;
-    let mut chunks: Vec<Vec<Option<ArrowColumnChunk>>> = chunk_count
-        .iter()
-        .map(|n| (0..*n).map(|_| None).collect())
-        .collect();
-    for done in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        match done {
-            Done::Flight(p) => flight = Some(p),
-            Done::Column(g, c, chunk) => chunks[g][c] = Some(*chunk),
+        let mut chunks: Vec<Option<ArrowColumnChunk>> = (0..columns).map(|_| None).collect();
+        for done in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            match done {
+                Done::Flight(p) => {
+                    if let Some(f) = self.flight.as_mut() {
+                        f.rows += p.rows;
+                        f.bytes += p.bytes;
+                        f.messages.extend(p.messages);
+                    }
+                }
+                Done::Column(c, chunk) => chunks[c] = Some(*chunk),
+            }
         }
-    }
-    for group in chunks {
-        let mut rg = file.next_row_group()?;
-        for chunk in group {
+        let mut rg = self.file.next_row_group()?;
+        for chunk in chunks {
             chunk
                 .ok_or_else(|| Error::Internal("a column chunk was not encoded".into()))?
                 .append_to_row_group(&mut rg)?;
         }
         rg.close()?;
+        Ok(())
     }
-    let parquet = Bytes::from(file.into_inner()?);
-    Ok(EncodedForStorage {
-        parquet,
-        rows: rows as u64,
-        bytes,
-        flight,
-    })
+
+    /// Writes the footer; returns the file and the part's messages.
+    pub fn finish(mut self) -> Result<EncodedForStorage> {
+        if let Some((_, kv)) = self.dictionaries.take() {
+            for entry in kv {
+                self.file.append_key_value_metadata(entry);
+            }
+        }
+        let parquet = Bytes::from(self.file.into_inner()?);
+        Ok(EncodedForStorage {
+            parquet,
+            rows: self.rows,
+            bytes: self.bytes,
+            flight: self.flight,
+        })
+    }
 }
 
 enum Task {
     Flight,
     Column {
-        group: usize,
         column: usize,
         writer: Box<ArrowColumnWriter>,
-        leaves: Vec<parquet::arrow::arrow_writer::ArrowLeafColumn>,
+        leaves: Vec<ArrowLeafColumn>,
     },
 }
 
 enum Done {
     Flight(EncodedPart),
-    Column(usize, usize, Box<ArrowColumnChunk>),
+    Column(usize, Box<ArrowColumnChunk>),
 }
 
-/// Writer settings: Snappy, chunk statistics, dictionary encoding for strings only, and the
-/// part's dictionaries recorded so that their order survives (see `dictionary`).
-fn properties(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<WriterProperties> {
+/// Writer settings: Snappy, chunk statistics, and dictionary encoding for strings only. The
+/// part's dictionaries are recorded in the footer when it is finished (see `dictionary`).
+fn properties(schema: &SchemaRef) -> WriterProperties {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         // Dictionary encoding pays off for strings; on numbers it mostly costs hashing
         // every value before falling back.
         .set_dictionary_enabled(false)
-        .set_statistics_enabled(EnabledStatistics::Chunk)
-        .set_key_value_metadata(Some(crate::dictionary::capture_all(batches)?));
+        .set_statistics_enabled(EnabledStatistics::Chunk);
     for field in schema.fields() {
         if matches!(
             field.data_type(),
@@ -206,7 +312,7 @@ fn properties(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<WriterPrope
                 props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), true);
         }
     }
-    Ok(props.build())
+    props.build()
 }
 
 /// Rows per row group: at most `max_rows`, and few enough that each thread gets a group

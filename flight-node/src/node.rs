@@ -22,7 +22,7 @@ use ulid::Ulid;
 use crate::cache::{encode_part, Cache, CacheKey, CacheStats, EncodedPart, EncodedTable};
 use crate::config::Config;
 use crate::contract::{Contract, Contracts};
-use crate::encode::{encode_for_storage, EncodedForStorage};
+use crate::encode::{EncodedForStorage, PartEncoder};
 use crate::error::{Error, Result};
 use crate::manifest::{self, Manifest, PartInfo, MANIFEST_FORMAT};
 use crate::metrics::Metrics;
@@ -829,7 +829,6 @@ pub fn batch_size(batch: &RecordBatch) -> usize {
         .sum()
 }
 
-/// Runs CPU-bound work off the async runtime.
 /// The messages of parts `range` of a version being loaded, each part sent as soon as the
 /// load publishes it.
 fn stream_loading(
@@ -861,6 +860,7 @@ fn stream_loading(
     .try_flatten()
 }
 
+/// Runs CPU-bound work off the async runtime.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
@@ -882,6 +882,17 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
 /// A part being encoded and stored: its description and, if cacheable, its messages.
 type PartTask = tokio::task::JoinHandle<Result<(PartInfo, Option<EncodedPart>)>>;
 
+/// Rows (or bytes) of an upload handed to the part's encoder at a time: one row group.
+const STREAM_GROUP_ROWS: usize = 128 * 1024;
+const STREAM_GROUP_BYTES: usize = 16 << 20;
+
+/// The encoder of the part being received, on a blocking thread. Each message is a row
+/// group; `true` marks the part's last batches, cut into one row group per core.
+struct EncoderTask {
+    tx: tokio::sync::mpsc::Sender<(Vec<RecordBatch>, bool)>,
+    handle: tokio::task::JoinHandle<Result<EncodedForStorage>>,
+}
+
 /// Accumulates an upload into Parquet parts.
 struct PartWriter<'a> {
     node: &'a Node,
@@ -889,8 +900,13 @@ struct PartWriter<'a> {
     upload_id: String,
     schema: SchemaRef,
     contract: Option<Arc<Contract>>,
+    /// Batches not yet handed to the encoder.
     pending: Vec<RecordBatch>,
     pending_bytes: usize,
+    pending_rows: usize,
+    /// Arrow bytes of the part being received.
+    part_bytes: usize,
+    encoder: Option<EncoderTask>,
     batches: u64,
     rows: u64,
     arrow_bytes: u64,
@@ -947,6 +963,9 @@ impl<'a> PartWriter<'a> {
             contract,
             pending: Vec::new(),
             pending_bytes: 0,
+            pending_rows: 0,
+            part_bytes: 0,
+            encoder: None,
             batches: 0,
             rows: 0,
             arrow_bytes: 0,
@@ -1005,40 +1024,88 @@ impl<'a> PartWriter<'a> {
         }
         self.rows += batch.num_rows() as u64;
         self.pending_bytes += size;
+        self.pending_rows += batch.num_rows();
+        self.part_bytes += size;
         self.pending.push(batch);
-        if self.pending_bytes >= limits.part_size {
+        if self.part_bytes >= limits.part_size {
             self.flush().await?;
+        } else if self.pending_rows >= STREAM_GROUP_ROWS || self.pending_bytes >= STREAM_GROUP_BYTES
+        {
+            self.send_group(false).await?;
         }
         Ok(())
     }
 
-    /// Starts writing the pending batches as the next part. The part is encoded and
-    /// stored by a background task while the upload goes on receiving; at most one part
-    /// is in flight, so memory stays bounded by about two parts.
-    async fn flush(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        self.wait_for_part().await?;
+    /// Hands the pending batches to the part's encoder (started on the part's first group).
+    async fn send_group(&mut self, last: bool) -> Result<()> {
         let batches = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
+        self.pending_rows = 0;
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let encoder = match &mut self.encoder {
+            Some(e) => e,
+            None => self.encoder.insert(self.start_encoder()),
+        };
+        if encoder.tx.send((batches, last)).await.is_err() {
+            // The encoder stopped on an error; report it.
+            if let Some(e) = self.encoder.take() {
+                e.handle
+                    .await
+                    .map_err(|e| Error::Internal(format!("part encoder failed: {e}")))??;
+            }
+            return Err(Error::Internal("the part encoder stopped".into()));
+        }
+        Ok(())
+    }
+
+    fn start_encoder(&self) -> EncoderTask {
         let schema = self.schema.clone();
-        let want_encoded = self.encoded.is_some();
+        let want_flight = self.encoded.is_some();
         let target = self.node.limits.message_target();
+        let threads = std::thread::available_parallelism().map_or(2, NonZeroUsize::get);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<RecordBatch>, bool)>(1);
+        let handle = tokio::task::spawn_blocking(move || {
+            let mut encoder = PartEncoder::new(schema, want_flight, target, threads)?;
+            while let Some((batches, last)) = rx.blocking_recv() {
+                if last {
+                    for group in encoder.groups(batches) {
+                        encoder.add(group)?;
+                    }
+                } else {
+                    encoder.add(batches)?;
+                }
+            }
+            encoder.finish()
+        });
+        EncoderTask { tx, handle }
+    }
+
+    /// Ends the part being received: its last batches go to its encoder, and a background
+    /// task waits for the encoding and stores the file while the upload goes on receiving
+    /// the next part. At most one part is stored at a time, so memory stays bounded by
+    /// about two parts.
+    async fn flush(&mut self) -> Result<()> {
+        self.send_group(true).await?;
+        self.part_bytes = 0;
+        let Some(EncoderTask { tx, handle }) = self.encoder.take() else {
+            return Ok(());
+        };
+        drop(tx);
+        self.wait_for_part().await?;
         let path = Storage::part_path(&self.id, &self.upload_id, self.written.len());
         self.written.push(path.clone());
         let storage = self.node.storage.clone();
         self.in_flight = Some(tokio::spawn(async move {
-            let threads = std::thread::available_parallelism().map_or(2, NonZeroUsize::get);
             let EncodedForStorage {
                 parquet,
                 rows,
                 bytes,
-                flight: encoded,
-            } = blocking(move || {
-                encode_for_storage(&schema, batches, want_encoded, target, threads)
-            })
-            .await?;
+                flight,
+            } = handle
+                .await
+                .map_err(|e| Error::Internal(format!("part encoder failed: {e}")))??;
             let stored_bytes = parquet.len() as u64;
             storage.put(&path, parquet).await?;
             let info = PartInfo {
@@ -1047,7 +1114,7 @@ impl<'a> PartWriter<'a> {
                 bytes,
                 stored_bytes,
             };
-            Ok((info, encoded))
+            Ok((info, flight))
         }));
         Ok(())
     }
