@@ -57,21 +57,10 @@ pub fn capture(batch: &RecordBatch) -> Result<Vec<KeyValue>> {
     Ok(out)
 }
 
-/// Like [`capture`] for a part made of several batches. Their dictionaries are recorded
-/// only when all batches share them (as batches cut from one upload do); otherwise the
-/// column keeps its values but not necessarily their order.
-pub fn capture_all(batches: &[RecordBatch]) -> Result<Vec<KeyValue>> {
-    let Some(first) = batches.first() else {
-        return Ok(Vec::new());
-    };
-    let mut out = capture(first)?;
-    for b in &batches[1..] {
-        retain_shared(&mut out, first, b);
-    }
-    Ok(out)
-}
-
-/// Keeps the recorded dictionaries of `first` that `other` shares.
+/// For a part made of several batches: keeps the recorded dictionaries of `first` that
+/// `other` shares. A part's dictionaries are recorded only when all its batches share them
+/// (as batches cut from one upload do); otherwise the column keeps its values but not
+/// necessarily their order.
 pub fn retain_shared(kv: &mut Vec<KeyValue>, first: &RecordBatch, other: &RecordBatch) {
     kv.retain(|kv| {
         let Some(i) = kv

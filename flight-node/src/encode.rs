@@ -46,23 +46,6 @@ pub struct EncodedForStorage {
     pub flight: Option<EncodedPart>,
 }
 
-/// Encodes a whole part as Parquet (and as Flight messages when `want_flight`), cut into
-/// one row group per thread when it is long enough. CPU-bound: call from a blocking thread;
-/// it uses up to `threads` threads.
-pub fn encode_for_storage(
-    schema: &SchemaRef,
-    batches: Vec<RecordBatch>,
-    want_flight: bool,
-    message_target: usize,
-    threads: usize,
-) -> Result<EncodedForStorage> {
-    let mut encoder = PartEncoder::new(schema.clone(), want_flight, message_target, threads)?;
-    for group in encoder.groups(batches) {
-        encoder.add(group)?;
-    }
-    encoder.finish()
-}
-
 /// Encodes one part row group by row group, as its batches arrive: an upload's part is
 /// mostly encoded by the time its last batch comes in.
 pub struct PartEncoder {
@@ -357,6 +340,22 @@ mod tests {
     use arrow::array::{DictionaryArray, Float64Array, Int32Array, Int64Array, StringArray};
     use arrow::datatypes::{Field, Int32Type, Schema};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    /// A whole part at once, as the upload path ends a part: its last batches cut into one
+    /// row group per thread.
+    fn encode_for_storage(
+        schema: &SchemaRef,
+        batches: Vec<RecordBatch>,
+        want_flight: bool,
+        message_target: usize,
+        threads: usize,
+    ) -> Result<EncodedForStorage> {
+        let mut encoder = PartEncoder::new(schema.clone(), want_flight, message_target, threads)?;
+        for group in encoder.groups(batches) {
+            encoder.add(group)?;
+        }
+        encoder.finish()
+    }
 
     fn batch(schema: &SchemaRef, start: i64, n: usize) -> RecordBatch {
         let ids: Vec<i64> = (start..start + n as i64).collect();
