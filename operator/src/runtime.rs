@@ -166,9 +166,26 @@ pub async fn run_controllers(
         until_true(stop.clone()),
     );
     tracing::info!(namespace = ns.unwrap_or("<all>"), "controllers started");
-    tokio::join!(pools_done, datasets_done, discovery);
-    tracing::info!("controllers stopped");
+    let all = async {
+        tokio::join!(pools_done, datasets_done, discovery);
+    };
+    // Reconciles in flight get a grace period once a stop is requested; after it they are
+    // dropped (every reconcile is an idempotent apply, so the next leader redoes it).
+    let deadline = async {
+        until_true(stop.clone()).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        () = all => tracing::info!("controllers stopped"),
+        () = deadline => tracing::warn!(
+            grace = ?SHUTDOWN_GRACE,
+            "controllers did not stop within the grace period; abandoning reconciles in flight"
+        ),
+    }
 }
+
+/// How long a stop waits for reconciles in flight.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs the operator until `shutdown` resolves (graceful) or leadership is lost (error).
 pub async fn run(
