@@ -13,6 +13,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
 use arrow_flight::FlightData;
+use bytes::Bytes;
 use futures::TryStreamExt;
 use lru::LruCache;
 use serde::Serialize;
@@ -23,10 +24,25 @@ use crate::name::DatasetId;
 /// Cache key: one version of one dataset.
 pub type CacheKey = (DatasetId, u64);
 
+/// A message of a `DoGet` stream. Messages encoded when a table enters the cache also hold
+/// their complete gRPC frame (prefix and protobuf fields): their header and body are slices
+/// of it, and the zero-copy path sends it as one chunk.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub data: FlightData,
+    pub frame: Option<Bytes>,
+}
+
+impl From<FlightData> for Message {
+    fn from(data: FlightData) -> Self {
+        Self { data, frame: None }
+    }
+}
+
 /// One part of a version, encoded: dictionary and record batch messages, no schema.
 #[derive(Debug, Default)]
 pub struct EncodedPart {
-    pub messages: Vec<FlightData>,
+    pub messages: Vec<Message>,
     pub rows: u64,
     /// Header plus body bytes of all messages.
     pub bytes: usize,
@@ -37,15 +53,16 @@ pub struct EncodedPart {
 pub struct EncodedTable {
     pub schema: SchemaRef,
     /// The schema message every stream starts with.
-    pub schema_message: FlightData,
+    pub schema_message: Message,
     pub parts: Vec<Arc<EncodedPart>>,
     pub bytes: usize,
 }
 
 impl EncodedTable {
     pub fn new(schema: SchemaRef, parts: Vec<Arc<EncodedPart>>) -> Result<Self> {
-        let schema_message = schema_message(&schema)?;
-        let bytes = parts.iter().map(|p| p.bytes).sum::<usize>() + message_size(&schema_message);
+        let schema_message = Message::from(schema_message(&schema)?);
+        let bytes =
+            parts.iter().map(|p| p.bytes).sum::<usize>() + message_size(&schema_message.data);
         Ok(Self {
             schema,
             schema_message,
@@ -59,7 +76,7 @@ impl EncodedTable {
     pub fn messages(
         self: &Arc<Self>,
         part: Option<usize>,
-    ) -> impl Iterator<Item = FlightData> + Send + 'static {
+    ) -> impl Iterator<Item = Message> + Send + 'static {
         let this = Arc::clone(self);
         let parts = match part {
             Some(p) => p..p + 1,
@@ -73,7 +90,7 @@ impl EncodedTable {
 
 impl EncodedPart {
     /// The part's messages, as clones of reference-counted buffers.
-    pub fn messages(part: Arc<Self>) -> impl Iterator<Item = FlightData> + Send + 'static {
+    pub fn messages(part: Arc<Self>) -> impl Iterator<Item = Message> + Send + 'static {
         (0..part.messages.len()).map(move |i| part.messages[i].clone())
     }
 }
@@ -99,12 +116,25 @@ pub fn encode_part(
     batches: &[RecordBatch],
     max_message: usize,
 ) -> Result<EncodedPart> {
-    let mut messages = encode_blocking(schema, batches, max_message)?;
+    let mut encoded = encode_blocking(schema, batches, max_message)?;
     // The first message is the schema; the table keeps one copy of it.
-    if !messages.is_empty() {
-        messages.remove(0);
+    if !encoded.is_empty() {
+        encoded.remove(0);
     }
-    let bytes = messages.iter().map(message_size).sum();
+    let bytes = encoded.iter().map(message_size).sum();
+    // Each message is written once more, into its own gRPC frame: the cache keeps only the
+    // frames, and `DoGet` sends each as one chunk.
+    let messages = encoded
+        .iter()
+        .map(|m| {
+            let (frame, data) = crate::zerocopy::contiguous(m);
+            Message {
+                data,
+                frame: Some(frame),
+            }
+        })
+        .collect();
+    drop(encoded);
     let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
     Ok(EncodedPart {
         messages,
@@ -334,6 +364,7 @@ mod tests {
         assert_eq!(msgs.len(), 2);
         assert!(t.bytes >= 8000, "{}", t.bytes);
         assert_eq!(t.parts[0].rows, 1000);
+        let msgs: Vec<FlightData> = msgs.into_iter().map(|m| m.data).collect();
         let batches = arrow_flight::utils::flight_data_to_batches(&msgs).unwrap();
         assert_eq!(batches[0].num_rows(), 1000);
     }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use ulid::Ulid;
 
-use crate::cache::{encode_part, Cache, CacheKey, CacheStats, EncodedPart, EncodedTable};
+use crate::cache::{encode_part, Cache, CacheKey, CacheStats, EncodedPart, EncodedTable, Message};
 use crate::config::Config;
 use crate::contract::{Contract, Contracts};
 use crate::encode::{EncodedForStorage, PartEncoder};
@@ -535,7 +535,7 @@ impl Node {
         self: &Arc<Self>,
         manifest: &Manifest,
         part: Option<u32>,
-    ) -> Result<BoxStream<'static, Result<FlightData>>> {
+    ) -> Result<BoxStream<'static, Result<Message>>> {
         let id = manifest.dataset()?;
         let key = (id, manifest.version);
         let part = part.map(|p| p as usize);
@@ -547,7 +547,8 @@ impl Node {
             match self.start_load(manifest)? {
                 Loaded::Cached(t) => return Ok(stream::iter(t.messages(part).map(Ok)).boxed()),
                 Loaded::Loading(progress) => {
-                    let head = crate::cache::schema_message(&manifest.arrow_schema()?)?;
+                    let head =
+                        Message::from(crate::cache::schema_message(&manifest.arrow_schema()?)?);
                     let range = match part {
                         Some(p) => p..p + 1,
                         None => 0..manifest.parts.len(),
@@ -560,7 +561,7 @@ impl Node {
         }
         // Too large for memory: stream part by part, one part resident at a time.
         let schema = manifest.arrow_schema()?;
-        let head = crate::cache::schema_message(&schema)?;
+        let head = Message::from(crate::cache::schema_message(&schema)?);
         let parts: Vec<PartInfo> = match part {
             Some(p) => vec![manifest.parts[p].clone()],
             None => manifest.parts.clone(),
@@ -715,7 +716,7 @@ impl Node {
             .and_then(|id| self.cache.get(&(id, manifest.version)));
         match cached {
             Some(t) => {
-                let msgs: Vec<FlightData> = t.messages(None).collect();
+                let msgs: Vec<FlightData> = t.messages(None).map(|m| m.data).collect();
                 let decoded =
                     arrow_flight::utils::flight_data_to_batches(&msgs).map_err(Error::from);
                 stream::iter(match decoded {
@@ -834,7 +835,7 @@ pub fn batch_size(batch: &RecordBatch) -> usize {
 fn stream_loading(
     progress: watch::Receiver<LoadProgress>,
     range: std::ops::Range<usize>,
-) -> impl Stream<Item = Result<FlightData>> + Send + 'static {
+) -> impl Stream<Item = Result<Message>> + Send + 'static {
     let end = range.end;
     stream::unfold((progress, range.start), move |(mut rx, i)| async move {
         if i >= end {
@@ -1209,8 +1210,9 @@ mod tests {
         m
     }
 
-    fn rows(messages: &[FlightData]) -> Vec<i64> {
-        arrow_flight::utils::flight_data_to_batches(messages)
+    fn rows(messages: &[Message]) -> Vec<i64> {
+        let data: Vec<FlightData> = messages.iter().map(|m| m.data.clone()).collect();
+        arrow_flight::utils::flight_data_to_batches(&data)
             .unwrap()
             .iter()
             .flat_map(|b| {
@@ -1249,7 +1251,7 @@ mod tests {
             "{metrics}"
         );
         // A single part of a version in memory.
-        let part: Vec<FlightData> = node
+        let part: Vec<Message> = node
             .stream(&m, Some(2))
             .await
             .unwrap()
@@ -1270,7 +1272,7 @@ mod tests {
         let second = node.stream(&m, Some(3)).await.unwrap();
         assert_eq!(node.loading.lock().unwrap().len(), 1);
         drop(first);
-        let part: Vec<FlightData> = second.map(|m| m.unwrap()).collect().await;
+        let part: Vec<Message> = second.map(|m| m.unwrap()).collect().await;
         assert_eq!(rows(&part), (30_000..40_000).collect::<Vec<_>>());
         for _ in 0..100 {
             if node.cache().peek(&key).is_some() {

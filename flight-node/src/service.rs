@@ -162,7 +162,7 @@ impl FlightNodeService {
         &self,
         metadata: &MetadataMap,
         ticket: &[u8],
-    ) -> Result<futures::stream::BoxStream<'static, Result<FlightData>>> {
+    ) -> Result<futures::stream::BoxStream<'static, Result<crate::cache::Message>>> {
         let principal = self.principal(metadata)?;
         let ticket = Ticket::decode(ticket, self.node.signer())?;
         principal.check(ticket.dataset.namespace())?;
@@ -188,6 +188,7 @@ impl FlightNodeService {
         Ok(stream
             .map(move |r| match r {
                 Ok(m) => {
+                    let m = m.data;
                     node.metrics()
                         .record_sent((m.data_header.len() + m.data_body.len()) as u64);
                     Ok(m)

@@ -28,11 +28,12 @@ use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use prost::encoding::{encode_key, encode_varint, WireType};
-use prost::Message;
+use prost::Message as _;
 use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tonic::Status;
 
+use crate::cache::Message;
 use crate::error::{Error, Result};
 use crate::service::FlightNodeService;
 
@@ -167,16 +168,47 @@ pub fn frame(m: &FlightData) -> (Bytes, Bytes) {
     (head.freeze(), m.data_body.clone())
 }
 
+/// Writes a message into one buffer laid out as its gRPC frame; returns the frame and a
+/// `FlightData` whose fields are slices of it (no second copy of the data).
+pub fn contiguous(m: &FlightData) -> (Bytes, FlightData) {
+    let (head, body) = frame(m);
+    let mut buf = BytesMut::with_capacity(head.len() + body.len());
+    buf.put_slice(&head);
+    buf.put_slice(&body);
+    let frame = buf.freeze();
+    // The head ends with the body's key and length; the header and metadata sit right
+    // before those, in the order `frame` writes them.
+    let body_start = head.len();
+    let field_len = |tag: u32, len: usize| {
+        if len == 0 {
+            0
+        } else {
+            prost::encoding::key_len(tag) + prost::encoding::encoded_len_varint(len as u64)
+        }
+    };
+    let header_start = 5 + field_len(2, m.data_header.len());
+    let header_end = header_start + m.data_header.len();
+    let meta_start = header_end + field_len(3, m.app_metadata.len());
+    let meta_end = meta_start + m.app_metadata.len();
+    let data = FlightData {
+        flight_descriptor: m.flight_descriptor.clone(),
+        data_header: frame.slice(header_start..header_end),
+        app_metadata: frame.slice(meta_start..meta_end),
+        data_body: frame.slice(body_start..),
+    };
+    (frame, data)
+}
+
 /// Response body: framed messages, then `grpc-status` trailers.
 struct GrpcBody {
-    messages: BoxStream<'static, Result<FlightData>>,
+    messages: BoxStream<'static, Result<Message>>,
     queue: VecDeque<Bytes>,
     service: FlightNodeService,
     done: bool,
 }
 
 impl GrpcBody {
-    fn new(messages: BoxStream<'static, Result<FlightData>>, service: FlightNodeService) -> Self {
+    fn new(messages: BoxStream<'static, Result<Message>>, service: FlightNodeService) -> Self {
         Self {
             messages,
             queue: VecDeque::with_capacity(2),
@@ -211,9 +243,15 @@ impl Body for GrpcBody {
         match self.messages.poll_next_unpin(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(m))) => {
-                let (head, body) = frame(&m);
                 self.service
-                    .record_sent((m.data_header.len() + body.len()) as u64);
+                    .record_sent((m.data.data_header.len() + m.data.data_body.len()) as u64);
+                if let Some(frame) = m.frame {
+                    // One chunk: the client gets the message in as few DATA frames as the
+                    // flow-control window allows (it reads such streams with fewer page
+                    // faults than a small frame followed by the body).
+                    return Poll::Ready(Some(Ok(Frame::data(frame))));
+                }
+                let (head, body) = frame(&m.data);
                 if !body.is_empty() {
                     self.queue.push_back(body);
                 }
@@ -255,8 +293,9 @@ mod tests {
     use crate::placement::Placement;
     use crate::storage::Storage;
 
-    /// The response carries the cache's own body buffers (same addresses), and decodes to
-    /// the uploaded table: nothing was copied on the way out.
+    /// The response carries the cache's own frames (same addresses), each message one frame
+    /// whose header and body the cache holds as slices, and decodes to the uploaded table:
+    /// nothing was copied on the way out.
     #[tokio::test]
     async fn do_get_sends_the_cached_buffers_without_copying() {
         let limits = Limits {
@@ -295,13 +334,22 @@ mod tests {
             .await
             .unwrap();
         let cached = node.cache().peek(&(id, 1)).unwrap();
-        let cached_bodies: Vec<*const u8> = cached.parts[0]
-            .messages
-            .iter()
-            .filter(|m| !m.data_body.is_empty())
-            .map(|m| m.data_body.as_ptr())
-            .collect();
-        assert!(!cached_bodies.is_empty());
+        // Each cached message is one frame; its header and body are slices of it.
+        let mut cached_frames: Vec<*const u8> = Vec::new();
+        for m in &cached.parts[0].messages {
+            let frame = m.frame.as_ref().expect("cached messages are framed");
+            let inside = |b: &Bytes| {
+                let (start, end) = (
+                    frame.as_ptr() as usize,
+                    frame.as_ptr() as usize + frame.len(),
+                );
+                b.is_empty()
+                    || (b.as_ptr() as usize >= start && b.as_ptr() as usize + b.len() <= end)
+            };
+            assert!(inside(&m.data.data_body) && inside(&m.data.data_header));
+            cached_frames.push(frame.as_ptr());
+        }
+        assert!(!cached_frames.is_empty());
 
         let service = FlightNodeService::new(Arc::clone(&node), Arc::new(Auth::disabled()));
         let mut router = FlightRouter::new(FlightServiceServer::new(service.clone()), service);
@@ -331,10 +379,10 @@ mod tests {
             }
         }
         assert_eq!(trailers.unwrap()["grpc-status"], "0");
-        for p in &cached_bodies {
+        for p in &cached_frames {
             assert!(
                 sent_ptrs.contains(p),
-                "a body buffer was copied instead of shared"
+                "a cached frame was copied instead of shared"
             );
         }
         let mut messages = Vec::new();
@@ -349,6 +397,31 @@ mod tests {
             arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap(),
             batch
         );
+    }
+
+    /// A message written into one frame keeps its fields (as slices of the frame), and the
+    /// frame is the message on the wire, with or without metadata and body.
+    #[test]
+    fn contiguous_frames_hold_the_message_fields() {
+        let cases = [
+            (vec![1u8; 300], vec![], vec![7u8; 100_000]),
+            (vec![2u8; 10], vec![9u8; 200], vec![8u8; 5]),
+            (vec![3u8; 130], vec![4u8; 1], vec![]),
+        ];
+        for (header, meta, body) in cases {
+            let m = FlightData {
+                flight_descriptor: None,
+                data_header: header.into(),
+                app_metadata: meta.into(),
+                data_body: body.into(),
+            };
+            let (frame, data) = contiguous(&m);
+            assert_eq!(data, m);
+            assert_eq!(frame[0], 0);
+            let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
+            assert_eq!(len + 5, frame.len());
+            assert_eq!(FlightData::decode(&frame[5..]).unwrap(), m);
+        }
     }
 
     #[tokio::test]
