@@ -122,10 +122,10 @@ pub fn encode_part(
         encoded.remove(0);
     }
     let bytes = encoded.iter().map(message_size).sum();
-    // Each message is written once more, into its own gRPC frame: the cache keeps only the
-    // frames, and `DoGet` sends each as one chunk.
+    // Each message becomes its own gRPC frame (the head goes in front of the body, in the
+    // body's buffer): the cache keeps only the frames, and `DoGet` sends each as one chunk.
     let messages = encoded
-        .iter()
+        .into_iter()
         .map(|m| {
             let (frame, data) = crate::zerocopy::contiguous(m);
             Message {
@@ -134,7 +134,6 @@ pub fn encode_part(
             }
         })
         .collect();
-    drop(encoded);
     let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
     Ok(EncodedPart {
         messages,

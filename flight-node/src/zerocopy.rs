@@ -168,17 +168,12 @@ pub fn frame(m: &FlightData) -> (Bytes, Bytes) {
     (head.freeze(), m.data_body.clone())
 }
 
-/// Writes a message into one buffer laid out as its gRPC frame; returns the frame and a
-/// `FlightData` whose fields are slices of it (no second copy of the data).
-pub fn contiguous(m: &FlightData) -> (Bytes, FlightData) {
-    let (head, body) = frame(m);
-    let mut buf = BytesMut::with_capacity(head.len() + body.len());
-    buf.put_slice(&head);
-    buf.put_slice(&body);
-    let frame = buf.freeze();
-    // The head ends with the body's key and length; the header and metadata sit right
-    // before those, in the order `frame` writes them.
-    let body_start = head.len();
+/// Lays a message out as its whole gRPC frame in one buffer; returns the frame and a
+/// `FlightData` whose fields are slices of it. The body's own buffer is reused when nothing
+/// else shares it (the head is inserted in front of the data, in place), so the data is
+/// not copied into fresh memory.
+pub fn contiguous(m: FlightData) -> (Bytes, FlightData) {
+    let (head, _) = frame(&m);
     let field_len = |tag: u32, len: usize| {
         if len == 0 {
             0
@@ -186,12 +181,27 @@ pub fn contiguous(m: &FlightData) -> (Bytes, FlightData) {
             prost::encoding::key_len(tag) + prost::encoding::encoded_len_varint(len as u64)
         }
     };
+    // Where `frame` put the header and the metadata; the body follows the head.
     let header_start = 5 + field_len(2, m.data_header.len());
     let header_end = header_start + m.data_header.len();
     let meta_start = header_end + field_len(3, m.app_metadata.len());
     let meta_end = meta_start + m.app_metadata.len();
+    let body_start = head.len();
+    let frame = match m.data_body.try_into_mut() {
+        Ok(body) => {
+            let mut buf = Vec::from(body);
+            buf.splice(0..0, head.iter().copied());
+            Bytes::from(buf)
+        }
+        Err(body) => {
+            let mut buf = BytesMut::with_capacity(head.len() + body.len());
+            buf.put_slice(&head);
+            buf.put_slice(&body);
+            buf.freeze()
+        }
+    };
     let data = FlightData {
-        flight_descriptor: m.flight_descriptor.clone(),
+        flight_descriptor: m.flight_descriptor,
         data_header: frame.slice(header_start..header_end),
         app_metadata: frame.slice(meta_start..meta_end),
         data_body: frame.slice(body_start..),
@@ -415,7 +425,7 @@ mod tests {
                 app_metadata: meta.into(),
                 data_body: body.into(),
             };
-            let (frame, data) = contiguous(&m);
+            let (frame, data) = contiguous(m.clone());
             assert_eq!(data, m);
             assert_eq!(frame[0], 0);
             let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
