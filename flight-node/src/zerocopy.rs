@@ -190,6 +190,8 @@ pub fn contiguous(m: FlightData) -> (Bytes, FlightData) {
     let frame = match m.data_body.try_into_mut() {
         Ok(body) => {
             let mut buf = Vec::from(body);
+            // Exactly the head's room: `splice` alone may double the allocation.
+            buf.reserve_exact(head.len());
             buf.splice(0..0, head.iter().copied());
             Bytes::from(buf)
         }
