@@ -139,13 +139,7 @@ pub fn frame(m: &FlightData) -> (Bytes, Bytes) {
     let header_len = m.data_header.len();
     let meta_len = m.app_metadata.len();
     let body_len = m.data_body.len();
-    let field = |tag: u32, len: usize| {
-        if len == 0 {
-            0
-        } else {
-            prost::encoding::key_len(tag) + prost::encoding::encoded_len_varint(len as u64) + len
-        }
-    };
+    let field = |tag: u32, len: usize| field_prefix_len(tag, len) + len;
     let message_len = field(2, header_len) + field(3, meta_len) + field(1000, body_len);
     let mut head = BytesMut::with_capacity(5 + message_len - body_len);
     head.put_u8(0);
@@ -168,23 +162,26 @@ pub fn frame(m: &FlightData) -> (Bytes, Bytes) {
     (head.freeze(), m.data_body.clone())
 }
 
+/// Bytes of a length-delimited field's key and length (none for an empty field, which
+/// `frame` leaves out).
+fn field_prefix_len(tag: u32, len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        prost::encoding::key_len(tag) + prost::encoding::encoded_len_varint(len as u64)
+    }
+}
+
 /// Lays a message out as its whole gRPC frame in one buffer; returns the frame and a
 /// `FlightData` whose fields are slices of it. The body's own buffer is reused when nothing
 /// else shares it (the head is inserted in front of the data, in place), so the data is
 /// not copied into fresh memory.
 pub fn contiguous(m: FlightData) -> (Bytes, FlightData) {
     let (head, _) = frame(&m);
-    let field_len = |tag: u32, len: usize| {
-        if len == 0 {
-            0
-        } else {
-            prost::encoding::key_len(tag) + prost::encoding::encoded_len_varint(len as u64)
-        }
-    };
     // Where `frame` put the header and the metadata; the body follows the head.
-    let header_start = 5 + field_len(2, m.data_header.len());
+    let header_start = 5 + field_prefix_len(2, m.data_header.len());
     let header_end = header_start + m.data_header.len();
-    let meta_start = header_end + field_len(3, m.app_metadata.len());
+    let meta_start = header_end + field_prefix_len(3, m.app_metadata.len());
     let meta_end = meta_start + m.app_metadata.len();
     let body_start = head.len();
     let frame = match m.data_body.try_into_mut() {
