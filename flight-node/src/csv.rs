@@ -2,19 +2,21 @@
 //!
 //! Runs on a blocking thread: bytes arrive from an async body through a bridge and are cut
 //! into blocks at record boundaries (quote-aware, so a quoted field may hold newlines);
-//! blocks are parsed in parallel, one thread per block and at most one block per core in
-//! flight, and their batches leave in input order through a bounded channel. Memory holds a
-//! few blocks of text and a few batches, whatever the size of the body.
+//! blocks are parsed in parallel by one thread per core, each keeping its decoder, while the
+//! next block is read, and their batches leave in input order through a bounded channel.
+//! Block buffers go back and forth between the reader and the parsers. Memory holds a few
+//! blocks of text and a few batches, whatever the size of the body.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Cursor, Read};
+use std::io::{BufRead, BufReader, Read};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
-use std::thread::ScopedJoinHandle;
 
 use arrow::array::RecordBatch;
-use arrow::csv::reader::Format;
+use arrow::csv::reader::{Decoder, Format};
 use arrow::csv::ReaderBuilder;
 use arrow::datatypes::SchemaRef;
+use arrow::error::{ArrowError, Result as ArrowResult};
 use tokio::io::AsyncRead;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::io::SyncIoBridge;
@@ -79,27 +81,98 @@ struct Sizes {
     max_record: usize,
 }
 
-/// Parses one block of whole records.
+/// Builds the decoders that parse blocks of whole records.
 struct BlockParser {
     schema: SchemaRef,
     format: Format,
 }
 
 impl BlockParser {
-    fn parse(&self, block: Vec<u8>) -> Parsed {
-        ReaderBuilder::new(self.schema.clone())
+    /// One parser thread: takes blocks, returns their batches and the block's buffer.
+    /// Its decoder lives as long as the thread, so the decoder's record buffers are
+    /// allocated once per upload, not once per block.
+    fn work(&self, jobs: Receiver<Job>, done: SyncSender<Done>) {
+        let mut decoder = ReaderBuilder::new(self.schema.clone())
             .with_format(self.format.clone())
             .with_batch_size(BATCH_ROWS)
-            .build_buffered(Cursor::new(block))
-            .map_err(|e| e.to_string())?
-            .map(|b| b.map_err(|e| e.to_string()))
-            .collect()
+            .build_decoder();
+        let mut rows = 0usize;
+        for Job { block, last } in jobs {
+            let parsed = match decode_block(&mut decoder, &block, last) {
+                Ok(batches) => {
+                    rows += batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+                    Ok(batches)
+                }
+                // The decoder counts lines over all of its blocks.
+                Err(e) => Err(BlockError {
+                    message: e.to_string(),
+                    rows_before: rows,
+                }),
+            };
+            let failed = parsed.is_err();
+            if done.send(Done { parsed, block }).is_err() || failed {
+                return;
+            }
+        }
     }
 }
 
+/// Decodes one block of whole records; `last` ends the input (a final record may lack its
+/// line end).
+fn decode_block(
+    decoder: &mut Decoder,
+    mut text: &[u8],
+    last: bool,
+) -> ArrowResult<Vec<RecordBatch>> {
+    let mut batches = Vec::new();
+    loop {
+        let used = decoder.decode(text)?;
+        text = &text[used..];
+        if decoder.capacity() == 0 {
+            batches.extend(decoder.flush()?);
+        } else if text.is_empty() {
+            break;
+        } else if used == 0 {
+            return Err(ArrowError::CsvError(
+                "the CSV decoder made no progress".into(),
+            ));
+        }
+    }
+    if last {
+        decoder.decode(&[])?;
+    }
+    batches.extend(decoder.flush()?);
+    Ok(batches)
+}
+
+/// A block for a parser thread.
+struct Job {
+    block: Vec<u8>,
+    last: bool,
+}
+
+/// A parsed block, with its buffer back for the next block.
+struct Done {
+    parsed: std::result::Result<Vec<RecordBatch>, BlockError>,
+    block: Vec<u8>,
+}
+
+/// A parse error, with the rows the failing thread had parsed before the block (its line
+/// numbers count from its first block).
+struct BlockError {
+    message: String,
+    rows_before: usize,
+}
+
+/// The sending side of a parser thread.
+struct Lane {
+    jobs: SyncSender<Job>,
+    done: Receiver<Done>,
+}
+
 /// Reads the body block by block after the header record, parses up to `workers` blocks
-/// at once and sends their batches in order. Returns the first error; stops quietly when
-/// the receiver is gone (the upload was abandoned).
+/// at once (while the next is read) and sends their batches in order. Returns the first
+/// error; stops quietly when the receiver is gone (the upload was abandoned).
 fn parse_blocks<R: Read>(
     input: &mut R,
     head: Vec<u8>,
@@ -127,9 +200,26 @@ fn parse_blocks<R: Read>(
             return Err(record_too_long(sizes.max_record));
         }
     }
+    let workers = workers.max(1);
     std::thread::scope(|scope| {
-        let mut pending: VecDeque<ScopedJoinHandle<'_, Parsed>> = VecDeque::new();
-        let mut rows_before = 0usize;
+        let mut lanes = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let (jobs, job_rx) = sync_channel(1);
+            let (done_tx, done) = sync_channel(1);
+            std::thread::Builder::new()
+                .name("csv-parse".into())
+                .spawn_scoped(scope, move || parser.work(job_rx, done_tx))
+                .map_err(|e| Error::Internal(format!("failed to start a CSV parser: {e}")))?;
+            lanes.push(Lane { jobs, done });
+        }
+        // Blocks go to the lanes in turn, so results are collected in the same turn.
+        let mut pending: VecDeque<usize> = VecDeque::new();
+        let mut out = Forwarder {
+            tx,
+            rows_before: 0,
+            free: Vec::new(),
+        };
+        let mut next = 0usize;
         loop {
             if !eof && buf.len() < sizes.block {
                 let missing = sizes.block - buf.len();
@@ -150,56 +240,73 @@ fn parse_blocks<R: Read>(
                 }
             };
             if end > 0 {
-                let rest = buf.split_off(end);
+                let lane = next % workers;
+                next += 1;
+                if pending.len() == workers {
+                    if let Some(front) = pending.pop_front() {
+                        if !out.forward(&lanes[front])? {
+                            return Ok(());
+                        }
+                    }
+                }
+                // The rest moves to a buffer a parser gave back; the block keeps its own.
+                let mut rest = out.free.pop().unwrap_or_default();
+                rest.clear();
+                rest.extend_from_slice(&buf[end..]);
+                buf.truncate(end);
                 let block = std::mem::replace(&mut buf, rest);
                 splitter.consumed(end);
-                let handle = std::thread::Builder::new()
-                    .name("csv-parse".into())
-                    .spawn_scoped(scope, move || parser.parse(block))
-                    .map_err(|e| Error::Internal(format!("failed to start a CSV parser: {e}")))?;
-                pending.push_back(handle);
-            }
-            // One block more than there are parsers: the next one is read while they work.
-            while pending.len() > workers || (eof && buf.is_empty() && !pending.is_empty()) {
-                let Some(handle) = pending.pop_front() else {
-                    break;
-                };
-                if !forward(handle, &mut rows_before, tx)? {
-                    return Ok(());
-                }
+                let job = Job { block, last: eof };
+                lanes[lane]
+                    .jobs
+                    .send(job)
+                    .map_err(|_| Error::Internal("a CSV parser thread stopped".into()))?;
+                pending.push_back(lane);
             }
             if eof && buf.is_empty() {
+                while let Some(front) = pending.pop_front() {
+                    if !out.forward(&lanes[front])? {
+                        return Ok(());
+                    }
+                }
                 return Ok(());
             }
         }
     })
 }
 
-type Parsed = std::result::Result<Vec<RecordBatch>, String>;
+/// Sends parsed batches on in input order and keeps the buffers parsers gave back.
+struct Forwarder<'a> {
+    tx: &'a mpsc::Sender<Result<RecordBatch>>,
+    rows_before: usize,
+    free: Vec<Vec<u8>>,
+}
 
-/// Waits for a block's batches and sends them on; false when the receiver is gone.
-fn forward(
-    handle: ScopedJoinHandle<'_, Parsed>,
-    rows_before: &mut usize,
-    tx: &mpsc::Sender<Result<RecordBatch>>,
-) -> Result<bool> {
-    let parsed = handle
-        .join()
-        .map_err(|_| Error::Internal("a CSV parser thread panicked".into()))?;
-    let batches = parsed.map_err(|msg| {
-        // Line numbers count from the block; make them count from the body.
-        Error::invalid(format!(
-            "failed to parse CSV: {}",
-            shift_line_numbers(&msg, *rows_before + 1)
-        ))
-    })?;
-    for batch in batches {
-        *rows_before += batch.num_rows();
-        if tx.blocking_send(Ok(batch)).is_err() {
-            return Ok(false);
+impl Forwarder<'_> {
+    /// Waits for a lane's block and sends its batches on; false when the receiver is gone.
+    fn forward(&mut self, lane: &Lane) -> Result<bool> {
+        let Done { parsed, block } = lane
+            .done
+            .recv()
+            .map_err(|_| Error::Internal("a CSV parser thread stopped".into()))?;
+        self.free.push(block);
+        let batches = parsed.map_err(|e| {
+            // Line numbers count from the parser's first block; make them count from the
+            // body (whose first line is the header).
+            let shift = |n: usize| n - e.rows_before.min(n) + self.rows_before + 1;
+            Error::invalid(format!(
+                "failed to parse CSV: {}",
+                renumber_lines(&e.message, shift)
+            ))
+        })?;
+        for batch in batches {
+            self.rows_before += batch.num_rows();
+            if self.tx.blocking_send(Ok(batch)).is_err() {
+                return Ok(false);
+            }
         }
+        Ok(true)
     }
-    Ok(true)
 }
 
 /// Appends up to `more` bytes of input to `buf`; true at the end of input.
@@ -221,8 +328,8 @@ fn record_too_long(max: usize) -> Error {
     ))
 }
 
-/// Adds `by` to every number that follows the word `line` in an error message.
-fn shift_line_numbers(msg: &str, by: usize) -> String {
+/// Maps every number that follows the word `line` in an error message.
+fn renumber_lines(msg: &str, map: impl Fn(usize) -> usize) -> String {
     let mut out = String::with_capacity(msg.len() + 8);
     let mut rest = msg;
     while let Some(at) = rest.find("line ") {
@@ -230,7 +337,7 @@ fn shift_line_numbers(msg: &str, by: usize) -> String {
         out.push_str(before);
         let digits = after.bytes().take_while(u8::is_ascii_digit).count();
         match after[..digits].parse::<usize>() {
-            Ok(n) => out.push_str(&(n + by).to_string()),
+            Ok(n) => out.push_str(&map(n).to_string()),
             Err(_) => out.push_str(&after[..digits]),
         }
         rest = &after[digits..];
@@ -370,7 +477,7 @@ fn sniff<R: Read>(
                     .map_or(head.len(), |p| p + 1)
             };
             let (s, _) = format
-                .infer_schema(Cursor::new(&head[..cut]), Some(10_000))
+                .infer_schema(std::io::Cursor::new(&head[..cut]), Some(10_000))
                 .map_err(|e| Error::invalid(format!("failed to infer the CSV schema: {e}")))?;
             Arc::new(s)
         }
@@ -386,6 +493,7 @@ mod tests {
     use super::*;
     use arrow::array::{Array, Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
+    use std::io::Cursor;
 
     /// Where blocks are cut when `text` arrives `step` bytes at a time and every complete
     /// record is taken as soon as it is seen.
@@ -494,34 +602,41 @@ mod tests {
 
     #[test]
     fn errors_name_the_line_of_the_body() {
-        let mut body = String::from("id,s\n");
-        for i in 0..5000 {
-            body.push_str(&format!("{i},v{i}\n"));
-        }
-        body.push_str("oops,v\n1,v\n");
-        let (_, err) = run(body.as_bytes(), 1000, 2);
-        let err = err.unwrap();
-        assert!(err.contains("'oops'"), "{err}");
-        // The same number the whole-body reader reports for this row.
-        let single = ReaderBuilder::new(schema())
-            .with_header(true)
-            .build(Cursor::new(body.clone()))
-            .unwrap()
-            .find_map(|b| b.err())
-            .unwrap()
-            .to_string();
         let line = |m: &str| {
-            m.split("at line ")
+            m.split("line ")
                 .nth(1)
                 .unwrap()
-                .split('.')
+                .split(|c: char| !c.is_ascii_digit())
                 .next()
                 .unwrap()
                 .to_string()
         };
-        assert_eq!(line(&err), line(&single), "{err} vs {single}");
+        // A value that does not parse, and a record with a field too many, each after
+        // many blocks, so each parser thread has decoded several blocks before.
+        for bad in ["oops,v", "7,v,extra"] {
+            let mut body = String::from("id,s\n");
+            for i in 0..5000 {
+                body.push_str(&format!("{i},v{i}\n"));
+            }
+            body.push_str(&format!("{bad}\n1,v\n"));
+            let (_, err) = run(body.as_bytes(), 1000, 2);
+            let err = err.unwrap();
+            assert!(
+                err.contains("'oops'") || err.contains("expected 2"),
+                "{err}"
+            );
+            // The same number the whole-body reader reports for this row.
+            let single = ReaderBuilder::new(schema())
+                .with_header(true)
+                .build(Cursor::new(body.clone()))
+                .unwrap()
+                .find_map(|b| b.err())
+                .unwrap()
+                .to_string();
+            assert_eq!(line(&err), line(&single), "{err} vs {single}");
+        }
         assert_eq!(
-            shift_line_numbers("for line 3, and line x at line 10.", 5),
+            renumber_lines("for line 3, and line x at line 10.", |n| n + 5),
             "for line 8, and line x at line 15."
         );
     }

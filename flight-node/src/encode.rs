@@ -15,6 +15,7 @@ use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, SchemaRef};
 use bytes::Bytes;
+use object_store::PutPayload;
 use parquet::arrow::arrow_writer::{
     compute_leaves, ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn,
     ArrowRowGroupWriterFactory,
@@ -38,7 +39,8 @@ const MIN_GROUP_ROWS: usize = 64 * 1024;
 /// What one part becomes.
 #[derive(Debug)]
 pub struct EncodedForStorage {
-    pub parquet: Bytes,
+    /// The Parquet file, in the chunks it was written in.
+    pub parquet: PutPayload,
     pub rows: u64,
     /// Arrow bytes of the part.
     pub bytes: u64,
@@ -50,7 +52,7 @@ pub struct EncodedForStorage {
 /// mostly encoded by the time its last batch comes in.
 pub struct PartEncoder {
     schema: SchemaRef,
-    file: SerializedFileWriter<Vec<u8>>,
+    file: SerializedFileWriter<Chunks>,
     factory: ArrowRowGroupWriterFactory,
     max_group_rows: usize,
     groups: usize,
@@ -82,8 +84,7 @@ impl PartEncoder {
     ) -> Result<Self> {
         let props = properties(&schema);
         let max_group_rows = props.max_row_group_row_count().unwrap_or(usize::MAX).max(1);
-        let writer =
-            ArrowWriter::try_new(Vec::with_capacity(1 << 20), schema.clone(), Some(props))?;
+        let writer = ArrowWriter::try_new(Chunks::default(), schema.clone(), Some(props))?;
         let (file, factory) = writer.into_serialized_writer()?;
         Ok(Self {
             schema,
@@ -253,13 +254,58 @@ impl PartEncoder {
                 self.file.append_key_value_metadata(entry);
             }
         }
-        let parquet = Bytes::from(self.file.into_inner()?);
+        let parquet = self.file.into_inner()?.finish();
         Ok(EncodedForStorage {
             parquet,
             rows: self.rows,
             bytes: self.bytes,
             flight: self.flight,
         })
+    }
+}
+
+/// A file written into fixed-size chunks: a growing buffer would copy the file several
+/// times over as it doubles, and fault in twice its size.
+#[derive(Debug, Default)]
+pub struct Chunks {
+    done: Vec<Bytes>,
+    current: Vec<u8>,
+}
+
+impl Chunks {
+    const SIZE: usize = 1 << 20;
+
+    /// The chunks written, as an object store payload.
+    pub fn finish(mut self) -> PutPayload {
+        self.seal();
+        self.done.into_iter().collect()
+    }
+
+    fn seal(&mut self) {
+        if !self.current.is_empty() {
+            let full = std::mem::take(&mut self.current);
+            self.done.push(Bytes::from(full));
+        }
+    }
+}
+
+impl std::io::Write for Chunks {
+    fn write(&mut self, mut buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len();
+        while !buf.is_empty() {
+            if self.current.len() == self.current.capacity() {
+                self.seal();
+                self.current = Vec::with_capacity(Self::SIZE);
+            }
+            let take = (self.current.capacity() - self.current.len()).min(buf.len());
+            self.current.extend_from_slice(&buf[..take]);
+            buf = &buf[take..];
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -341,6 +387,39 @@ mod tests {
     use arrow::datatypes::{Field, Int32Type, Schema};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+    /// The file in one buffer, as a reader wants it.
+    fn contiguous(payload: &PutPayload) -> Bytes {
+        payload
+            .iter()
+            .flat_map(|chunk| chunk.iter().copied())
+            .collect()
+    }
+
+    #[test]
+    fn chunks_hold_exactly_what_was_written() {
+        use std::io::Write;
+        let data: Vec<u8> = (0..3 * Chunks::SIZE + 17)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut w = Chunks::default();
+        // Writes that straddle chunk ends, one larger than a chunk, and empty ones.
+        for piece in [
+            &data[..10],
+            &data[10..10],
+            &data[10..Chunks::SIZE + 5],
+            &data[Chunks::SIZE + 5..],
+        ] {
+            w.write_all(piece).unwrap();
+        }
+        let payload = w.finish();
+        assert_eq!(payload.content_length(), data.len());
+        assert!(payload
+            .iter()
+            .all(|c| c.len() <= Chunks::SIZE && !c.is_empty()));
+        assert_eq!(contiguous(&payload), data);
+        assert_eq!(Chunks::default().finish().content_length(), 0);
+    }
+
     /// A whole part at once, as the upload path ends a part: its last batches cut into one
     /// row group per thread.
     fn encode_for_storage(
@@ -403,7 +482,8 @@ mod tests {
         for threads in [1, 2, 5] {
             let out = encode_for_storage(&schema, batches.clone(), true, 1 << 20, threads).unwrap();
             assert_eq!(out.rows, 140_000);
-            let reader = ParquetRecordBatchReaderBuilder::try_new(out.parquet.clone()).unwrap();
+            let reader =
+                ParquetRecordBatchReaderBuilder::try_new(contiguous(&out.parquet)).unwrap();
             let groups = if threads == 1 { 1 } else { 2 }; // 140,000 rows: two groups at most
             assert_eq!(reader.metadata().num_row_groups(), groups);
             let got: Vec<RecordBatch> = reader.build().unwrap().map(|b| b.unwrap()).collect();

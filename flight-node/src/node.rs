@@ -1107,7 +1107,7 @@ impl<'a> PartWriter<'a> {
             } = handle
                 .await
                 .map_err(|e| Error::Internal(format!("part encoder failed: {e}")))??;
-            let stored_bytes = parquet.len() as u64;
+            let stored_bytes = parquet.content_length() as u64;
             storage.put(&path, parquet).await?;
             let info = PartInfo {
                 path: path.to_string(),

@@ -162,9 +162,9 @@ impl Storage {
     }
 
     /// Writes one object (a Parquet part); durable when this returns.
-    pub async fn put(&self, path: &Path, bytes: Bytes) -> Result<()> {
+    pub async fn put(&self, path: &Path, payload: impl Into<PutPayload>) -> Result<()> {
         self.store
-            .put(path, PutPayload::from(bytes))
+            .put(path, payload.into())
             .await
             .map(|_| ())
             .map_err(|e| Error::storage(format!("write {path}"), e))
