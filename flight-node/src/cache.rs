@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
+use arrow_flight::error::FlightError;
 use arrow_flight::FlightData;
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -101,7 +102,8 @@ fn message_size(m: &FlightData) -> usize {
 
 /// Encodes the schema message for a stream.
 pub fn schema_message(schema: &SchemaRef) -> Result<FlightData> {
-    let first = encode_blocking(schema, &[], usize::MAX)?;
+    let first = encode_stream(schema, std::iter::empty(), usize::MAX)
+        .map_err(|e| Error::data("encode the Flight schema", e))?;
     first
         .into_iter()
         .next()
@@ -116,7 +118,37 @@ pub fn encode_part(
     batches: &[RecordBatch],
     max_message: usize,
 ) -> Result<EncodedPart> {
-    let mut encoded = encode_blocking(schema, batches, max_message)?;
+    // The encoder owns its input: the batches are shared, not copied.
+    let owned: Vec<RecordBatch> = batches.to_vec();
+    encode_batches(schema, owned.into_iter().map(Ok), max_message)
+}
+
+/// Like [`encode_part`], pulling the batches one at a time as they are encoded: a batch
+/// decoded from storage is dropped before the next is decoded. The first error of `batches`
+/// is returned as it is.
+pub fn encode_batches<I>(schema: &SchemaRef, batches: I, max_message: usize) -> Result<EncodedPart>
+where
+    I: Iterator<Item = Result<RecordBatch>> + Send + 'static,
+{
+    let rows = Arc::new(AtomicU64::new(0));
+    let failed: Arc<Mutex<Option<Error>>> = Arc::default();
+    let input = {
+        let (schema, rows, failed) = (schema.clone(), Arc::clone(&rows), Arc::clone(&failed));
+        batches.map(move |b| {
+            let b = b.and_then(|b| with_schema(&schema, b)).map_err(|e| {
+                let msg = e.to_string();
+                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                FlightError::ProtocolError(msg)
+            })?;
+            rows.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+            Ok(b)
+        })
+    };
+    let encoded = encode_stream(schema, input, max_message);
+    if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(e);
+    }
+    let mut encoded = encoded.map_err(|e| Error::data("encode Flight data", e))?;
     // The first message is the schema; the table keeps one copy of it.
     if !encoded.is_empty() {
         encoded.remove(0);
@@ -134,40 +166,38 @@ pub fn encode_part(
             }
         })
         .collect();
-    let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
     Ok(EncodedPart {
         messages,
-        rows,
+        rows: rows.load(Ordering::Relaxed),
         bytes,
     })
 }
 
-fn encode_blocking(
+/// The messages of a stream: the schema, then dictionaries and batches.
+fn encode_stream<I>(
     schema: &SchemaRef,
-    batches: &[RecordBatch],
+    batches: I,
     max_message: usize,
-) -> Result<Vec<FlightData>> {
-    // Batches decoded from Parquet may carry different schema metadata than the version's
-    // schema (pandas metadata, for one); the stream is sent with the version's schema.
-    let owned: Vec<RecordBatch> = batches
-        .iter()
-        .map(|b| {
-            if b.schema_ref().as_ref() == schema.as_ref() {
-                Ok(b.clone())
-            } else {
-                RecordBatch::try_new(schema.clone(), b.columns().to_vec())
-            }
-        })
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| Error::data("match batches to the stored schema", e))?;
-    let input = futures::stream::iter(owned.into_iter().map(Ok));
+) -> std::result::Result<Vec<FlightData>, FlightError>
+where
+    I: Iterator<Item = std::result::Result<RecordBatch, FlightError>> + Send + 'static,
+{
     let stream = FlightDataEncoderBuilder::new()
         .with_schema(schema.clone())
         .with_max_flight_data_size(max_message)
         .with_dictionary_handling(DictionaryHandling::Resend)
-        .build(input);
+        .build(futures::stream::iter(batches));
     futures::executor::block_on(stream.try_collect::<Vec<_>>())
-        .map_err(|e| Error::data("encode Flight data", e))
+}
+
+/// Batches decoded from Parquet may carry different schema metadata than the version's
+/// schema (pandas metadata, for one); the stream is sent with the version's schema.
+fn with_schema(schema: &SchemaRef, batch: RecordBatch) -> Result<RecordBatch> {
+    if batch.schema_ref().as_ref() == schema.as_ref() {
+        return Ok(batch);
+    }
+    RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
+        .map_err(|e| Error::data("match batches to the stored schema", e))
 }
 
 /// Counters and sizes, reported by the `stats` action and `/metrics`.

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use ulid::Ulid;
 
-use crate::cache::{encode_part, Cache, CacheKey, CacheStats, EncodedPart, EncodedTable, Message};
+use crate::cache::{Cache, CacheKey, CacheStats, EncodedPart, EncodedTable, Message};
 use crate::config::Config;
 use crate::contract::{Contract, Contracts};
 use crate::encode::{EncodedForStorage, PartEncoder};
@@ -573,8 +573,9 @@ impl Node {
                 let storage = storage.clone();
                 let schema = schema.clone();
                 async move {
-                    let batches = storage.read_part(&p, READ_BATCH_ROWS).await?;
-                    let encoded = blocking(move || encode_part(&schema, &batches, target)).await?;
+                    let encoded = storage
+                        .load_part(&p, READ_BATCH_ROWS, schema, target)
+                        .await?;
                     Ok::<_, Error>(stream::iter(encoded.messages.into_iter().map(Ok)))
                 }
             })
@@ -691,10 +692,7 @@ impl Node {
             .map(|p| {
                 let storage = self.storage.clone();
                 let schema = schema.clone();
-                async move {
-                    let batches = storage.read_part(&p, READ_BATCH_ROWS).await?;
-                    blocking(move || encode_part(&schema, &batches, target)).await
-                }
+                async move { storage.load_part(&p, READ_BATCH_ROWS, schema, target).await }
             })
             .buffered(LOAD_PARALLELISM);
         let mut loaded = Vec::with_capacity(manifest.parts.len());
@@ -859,13 +857,6 @@ fn stream_loading(
     })
     .map_ok(|part| stream::iter(EncodedPart::messages(part).map(Ok)))
     .try_flatten()
-}
-
-/// Runs CPU-bound work off the async runtime.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("worker task failed: {e}")))?
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
@@ -1313,5 +1304,36 @@ mod tests {
             metrics.contains("flight_storage_loads_total{result=\"error\"} 3"),
             "{metrics}"
         );
+    }
+    /// A part whose footer is intact but whose first page is damaged fails while its
+    /// batches are decoded (not when the file is opened): the reader gets the error, with
+    /// the part named, and nothing half-read is cached.
+    #[tokio::test]
+    async fn a_damaged_part_fails_the_read_and_is_not_cached() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let node = node(Arc::clone(&store), Duration::ZERO);
+        let m = upload(&node).await;
+        let path = Path::from(m.parts[1].path.as_str());
+        let mut bytes = store
+            .get(&path)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec();
+        // Past the magic number, the first page header.
+        bytes[4..40].fill(0xff);
+        store.put(&path, bytes.into()).await.unwrap();
+        let got: Vec<_> = node.stream(&m, None).await.unwrap().collect().await;
+        let err = got.into_iter().find_map(|m| m.err()).expect("an error");
+        assert_eq!(err.code(), tonic::Code::Internal);
+        let text = err.to_string();
+        assert!(
+            text.contains("decode Parquet part") && text.contains(path.as_ref()),
+            "{text}"
+        );
+        let key = (m.dataset().unwrap(), m.version);
+        assert!(node.cache().peek(&key).is_none());
     }
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
@@ -26,6 +27,7 @@ use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+use crate::cache::{encode_batches, EncodedPart};
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, PartInfo};
 use crate::name::{validate_label, DatasetId};
@@ -401,6 +403,32 @@ impl Storage {
     /// Reads one Parquet part: one GET for the whole object, decoded off the async runtime.
     /// Memory is bounded by the part size, which the writer bounds.
     pub async fn read_part(&self, part: &PartInfo, batch_size: usize) -> Result<Vec<RecordBatch>> {
+        let (path, bytes) = self.get_part(part).await?;
+        tokio::task::spawn_blocking(move || part_batches(path, bytes, batch_size)?.collect())
+            .await
+            .map_err(|e| Error::Internal(format!("Parquet decoder task failed: {e}")))?
+    }
+
+    /// Reads one Parquet part into Flight messages of about `max_message` bytes: one GET for
+    /// the whole object, then batches are decoded and encoded one at a time off the async
+    /// runtime, so only one decoded batch is in memory besides the file and the messages.
+    pub async fn load_part(
+        &self,
+        part: &PartInfo,
+        batch_size: usize,
+        schema: SchemaRef,
+        max_message: usize,
+    ) -> Result<EncodedPart> {
+        let (path, bytes) = self.get_part(part).await?;
+        tokio::task::spawn_blocking(move || {
+            let batches = part_batches(path, bytes, batch_size)?;
+            encode_batches(&schema, batches, max_message)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("Parquet decoder task failed: {e}")))?
+    }
+
+    async fn get_part(&self, part: &PartInfo) -> Result<(Path, Bytes)> {
         let path = Path::from(part.path.as_str());
         let bytes = self.get_object(&path).await.map_err(|e| match e {
             Error::NotFound(_) => Error::Internal(format!(
@@ -408,25 +436,7 @@ impl Storage {
             )),
             e => e,
         })?;
-        tokio::task::spawn_blocking(move || -> Result<Vec<RecordBatch>> {
-            let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
-                .map_err(|e| Error::data(format!("open Parquet part {path}"), e))?;
-            let dictionaries = crate::dictionary::recorded(
-                builder.metadata().file_metadata().key_value_metadata(),
-            )?;
-            let reader = builder
-                .with_batch_size(batch_size)
-                .build()
-                .map_err(|e| Error::data(format!("read Parquet part {path}"), e))?;
-            reader
-                .map(|b| {
-                    let b = b.map_err(|e| Error::data(format!("decode Parquet part {path}"), e))?;
-                    crate::dictionary::restore(b, &dictionaries)
-                })
-                .collect()
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("Parquet decoder task failed: {e}")))?
+        Ok((path, bytes))
     }
 
     /// Reads a whole object (a source file for the `load` action). Paths are relative to the
@@ -454,6 +464,27 @@ impl Storage {
             Err(e) => Err(Error::storage(format!("read {path}"), e)),
         }
     }
+}
+
+/// The batches of a Parquet part, decoded as they are pulled, with the dictionaries the
+/// writer recorded restored.
+fn part_batches(
+    path: Path,
+    bytes: Bytes,
+    batch_size: usize,
+) -> Result<impl Iterator<Item = Result<RecordBatch>> + Send + 'static> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| Error::data(format!("open Parquet part {path}"), e))?;
+    let dictionaries =
+        crate::dictionary::recorded(builder.metadata().file_metadata().key_value_metadata())?;
+    let reader = builder
+        .with_batch_size(batch_size)
+        .build()
+        .map_err(|e| Error::data(format!("read Parquet part {path}"), e))?;
+    Ok(reader.map(move |b| {
+        let b = b.map_err(|e| Error::data(format!("decode Parquet part {path}"), e))?;
+        crate::dictionary::restore(b, &dictionaries)
+    }))
 }
 
 #[cfg(test)]
