@@ -49,6 +49,16 @@ pub struct EncodedPart {
     pub bytes: usize,
 }
 
+impl Drop for EncodedPart {
+    fn drop(&mut self) {
+        if self.bytes >= crate::memory::RELEASE_AFTER_BYTES && !self.messages.is_empty() {
+            // Freed before the memory is given back.
+            drop(std::mem::take(&mut self.messages));
+            crate::memory::release();
+        }
+    }
+}
+
 /// A whole version, ready to send.
 #[derive(Debug)]
 pub struct EncodedTable {

@@ -227,11 +227,11 @@ impl PartEncoder {
         let mut chunks: Vec<Option<ArrowColumnChunk>> = (0..columns).map(|_| None).collect();
         for done in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
             match done {
-                Done::Flight(p) => {
+                Done::Flight(mut p) => {
                     if let Some(f) = self.flight.as_mut() {
                         f.rows += p.rows;
                         f.bytes += p.bytes;
-                        f.messages.extend(p.messages);
+                        f.messages.append(&mut p.messages);
                     }
                 }
                 Done::Column(c, chunk) => chunks[c] = Some(*chunk),

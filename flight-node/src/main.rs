@@ -3,6 +3,23 @@
 use clap::Parser;
 use flight_node::Config;
 
+/// Tables come and go in large buffers. jemalloc keeps pages freed by one request for the
+/// next (with glibc, an upload of 10 MB faulted in four times its size of fresh pages, most
+/// of its time) and gives unused pages back to the OS from a background thread after a
+/// second. After large work the library asks for them back at once (`purge_free_pages`),
+/// so the resident size stays within about 1.15x the cached bytes (see bench/README.md).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc options, read when it starts: idle pages go back after a second, straight to
+/// the OS (not first to "muzzy" pages the OS may reclaim later, which still count as
+/// resident).
+#[cfg(not(target_env = "msvc"))]
+#[allow(unsafe_code)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     keep_large_allocations_returnable();
@@ -18,35 +35,29 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-/// Tables come and go in large buffers. Buffers below the mmap threshold come from the heap,
-/// where an upload reuses the pages it freed a moment before; buffers above it are mapped
-/// fresh, so every page faults and is zeroed again (half of an upload's time with a 1 MiB
-/// threshold). glibc's own policy raises the threshold as large buffers are freed, and the
-/// heap then keeps about twice the cached data. A fixed 4 MiB threshold keeps most buffers
-/// of an upload (messages, column chunks, pages) on the heap, and after each upload or load
-/// the library calls `malloc_trim`, which returns what is free: the resident size stays
-/// within about 1.15x the cached bytes (see bench/README.md).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
+#[cfg(not(target_env = "msvc"))]
 fn keep_large_allocations_returnable() {
-    // SAFETY: mallopt only changes allocator parameters; it is called once, first thing in
-    // main, and takes no pointers.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-    }
-    flight_node::memory::set_release_hook(trim);
+    flight_node::memory::set_release_hook(purge_free_pages);
 }
 
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// Returns the free pages of every jemalloc arena to the OS.
+#[cfg(not(target_env = "msvc"))]
 #[allow(unsafe_code)]
-fn trim() {
-    // SAFETY: malloc_trim takes no pointers and is safe to call from any thread.
+fn purge_free_pages() {
+    // SAFETY: `arena.<MALLCTL_ARENAS_ALL>.purge` takes no input and writes no output (all
+    // pointers null, length 0); jemalloc allows it from any thread.
     unsafe {
-        libc::malloc_trim(0);
+        tikv_jemalloc_sys::mallctl(
+            c"arena.4096.purge".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        );
     }
 }
 
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+#[cfg(target_env = "msvc")]
 fn keep_large_allocations_returnable() {}
 
 fn init_logging(format: &str) {

@@ -335,7 +335,9 @@ impl Node {
             }
         }
         drop(w);
-        crate::memory::release();
+        if manifest.bytes >= crate::memory::RELEASE_AFTER_BYTES as u64 {
+            crate::memory::release();
+        }
         self.metrics.record_upload(manifest.rows, manifest.bytes);
         tracing::info!(
             dataset = %manifest.dataset()?, version = manifest.version, rows = manifest.rows,
@@ -573,10 +575,11 @@ impl Node {
                 let storage = storage.clone();
                 let schema = schema.clone();
                 async move {
-                    let encoded = storage
+                    let mut encoded = storage
                         .load_part(&p, READ_BATCH_ROWS, schema, target)
                         .await?;
-                    Ok::<_, Error>(stream::iter(encoded.messages.into_iter().map(Ok)))
+                    let messages = std::mem::take(&mut encoded.messages);
+                    Ok::<_, Error>(stream::iter(messages.into_iter().map(Ok)))
                 }
             })
             .try_flatten();
@@ -658,7 +661,9 @@ impl Node {
                 loading.remove(&key);
                 outcome
             };
-            crate::memory::release();
+            if manifest.bytes >= crate::memory::RELEASE_AFTER_BYTES as u64 {
+                crate::memory::release();
+            }
             tx.send_modify(|p| p.outcome = Some(outcome));
         });
         Ok(Loaded::Loading(rx))

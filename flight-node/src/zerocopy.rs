@@ -190,6 +190,8 @@ pub fn contiguous(m: FlightData) -> (Bytes, FlightData) {
             // Exactly the head's room: `splice` alone may double the allocation.
             buf.reserve_exact(head.len());
             buf.splice(0..0, head.iter().copied());
+            // The frame is cached: spare capacity left by the encoder would stay resident.
+            buf.shrink_to_fit();
             Bytes::from(buf)
         }
         Err(body) => {
