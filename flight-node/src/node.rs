@@ -381,7 +381,17 @@ impl Node {
                 })
             }
         };
-        let batches = tokio_stream::wrappers::ReceiverStream::new(rx);
+        // The batches end when the parser's sender is dropped, which a panic also does: the
+        // stream ends with the parser's outcome, so a parser that died never commits a
+        // truncated table.
+        let outcome = stream::once(async move {
+            match parser.await {
+                Err(e) => Some(Err(Error::Internal(format!("the CSV parser failed: {e}")))),
+                Ok(_) => None,
+            }
+        })
+        .filter_map(|failed| async move { failed });
+        let batches = tokio_stream::wrappers::ReceiverStream::new(rx).chain(outcome);
         self.put(id, opts, schema, batches).await
     }
 
