@@ -425,18 +425,25 @@ class Loopback:
         self.sock.close()
 
 
+# glibc settings under which a pyarrow client keeps the memory it frees between messages.
+CLIENT_KEEPS_MEMORY = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+                       "MALLOC_MMAP_THRESHOLD_": str(64 << 20)}
+
+
 class Fetcher(Server):
     """A warm pyarrow client in its own process (`peers/flight_fetcher.py`), one per server:
     `fetch()` asks it for one `do_get(...).read_all()` and returns the seconds it measured."""
 
-    def __init__(self, name: str, workdir: Path, uri: str, ticket: str, rows: int):
+    def __init__(self, name: str, workdir: Path, uri: str, ticket: str, rows: int,
+                 env: dict | None = None):
         super().__init__(name, workdir)
         self.ticket, self.rows = ticket, rows
         self.cpu: list[tuple[float, float, int]] = []
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen([sys.executable, str(PEERS / "flight_fetcher.py"), uri],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=logf, text=True, bufsize=1)
+                                         stderr=logf, text=True, bufsize=1,
+                                         env={**os.environ, **(env or {})})
         _PROCS.append(self.proc)
         if self._line() != "ready":
             raise HarnessError(f"{name} did not start:\n{self.log_tail()}")
@@ -481,6 +488,14 @@ def sc_doget(ctx: Ctx) -> None:
         fetchers.append(ours_fetch)
         peer_fetch = Fetcher("client-of-pyarrow", w, peer.uri, peer_ticket, table.num_rows)
         fetchers.append(peer_fetch)
+        # The same clients with glibc told to keep freed memory: without the client's page
+        # faults, which depend on its allocator's history, the servers' own speed shows.
+        ours_kept = Fetcher("kept-client-of-flight-node", w, node.uri, ours_ticket,
+                            table.num_rows, env=CLIENT_KEEPS_MEMORY)
+        fetchers.append(ours_kept)
+        peer_kept = Fetcher("kept-client-of-pyarrow", w, peer.uri, peer_ticket,
+                            table.num_rows, env=CLIENT_KEEPS_MEMORY)
+        fetchers.append(peer_kept)
 
         def shared(client, ticket, who):
             def run():
@@ -492,6 +507,8 @@ def sc_doget(ctx: Ctx) -> None:
         times = interleave([("flight-node", ours_fetch.fetch),
                             ("pyarrow FlightServerBase", peer_fetch.fetch),
                             ("raw loopback TCP", loop.fetch),
+                            ("flight-node, client keeps freed memory", ours_kept.fetch),
+                            ("pyarrow, client keeps freed memory", peer_kept.fetch),
                             ("flight-node, shared client", shared(node.client, ours_ticket, "ours")),
                             ("pyarrow, shared client", shared(peer.client, peer_ticket, "pyarrow"))],
                            ctx.p["reps"], ctx.p["warmup"])
@@ -504,6 +521,8 @@ def sc_doget(ctx: Ctx) -> None:
     c = {k: summarize(v, nbytes) for k, v in times.items()}
     c["flight-node"].update(ours_fetch.cpu_summary(ctx.p["warmup"]))
     c["pyarrow FlightServerBase"].update(peer_fetch.cpu_summary(ctx.p["warmup"]))
+    c["flight-node, client keeps freed memory"].update(ours_kept.cpu_summary(ctx.p["warmup"]))
+    c["pyarrow, client keeps freed memory"].update(peer_kept.cpu_summary(ctx.p["warmup"]))
     ours = c["flight-node"]["median_s"]
     ratios = {"doget_vs_pyarrow": c["pyarrow FlightServerBase"]["median_s"] / ours,
               "doget_vs_loopback": c["raw loopback TCP"]["median_s"] / ours,
@@ -511,7 +530,10 @@ def sc_doget(ctx: Ctx) -> None:
               "doget_mbps_pyarrow": c["pyarrow FlightServerBase"]["mbps_median"],
               "loopback_mbps": c["raw loopback TCP"]["mbps_median"],
               "doget_vs_pyarrow_shared_client": c["pyarrow, shared client"]["median_s"]
-              / c["flight-node, shared client"]["median_s"]}
+              / c["flight-node, shared client"]["median_s"],
+              "doget_vs_pyarrow_client_keeps_memory":
+              c["pyarrow, client keeps freed memory"]["median_s"]
+              / c["flight-node, client keeps freed memory"]["median_s"]}
     for who, key in (("ours", "flight-node"), ("pyarrow", "pyarrow FlightServerBase")):
         ratios[f"doget_client_cpu_ms_{who}"] = (c[key]["client_user_ms"]
                                                  + c[key]["client_sys_ms"])
@@ -520,8 +542,13 @@ def sc_doget(ctx: Ctx) -> None:
             f"of Arrow data, uploaded in {BATCH_ROWS:,}-row batches. Client: pyarrow "
             f"`do_get(...).read_all()`; each server has its own warm client process "
             f"(`peers/flight_fetcher.py`, which also reports the client's CPU time and page "
-            f"faults per fetch). The two *shared client* rows fetch from both servers in "
-            f"the harness process, alternately. Node cache hits after the run: "
+            f"faults per fetch). The *client keeps freed memory* rows are the same fetchers "
+            f"started with `MALLOC_TRIM_THRESHOLD_={CLIENT_KEEPS_MEMORY['MALLOC_TRIM_THRESHOLD_']} "
+            f"MALLOC_MMAP_THRESHOLD_={CLIENT_KEEPS_MEMORY['MALLOC_MMAP_THRESHOLD_']}`, so that "
+            f"page faults in the client do not decide the result "
+            f"(`doget_vs_pyarrow_client_keeps_memory`). The two *shared client* rows fetch "
+            f"from both servers in the harness process, alternately. Node cache hits after "
+            f"the run: "
             f"{stats.get('hits')}.", c, ratios)
 
 
