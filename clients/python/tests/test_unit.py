@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -123,3 +125,35 @@ def test_split_batches_bounds_size() -> None:
     assert all(p.nbytes <= (1 << 20) for p in pieces)
     assert sum(p.num_rows for p in pieces) == batch.num_rows
     assert list(split_batches([batch.slice(0, 10)], 1 << 20)) == [batch.slice(0, 10)]
+
+
+_FAULTS_SCRIPT = """
+import resource, sys
+import trinity_flight as tf
+kept = tf.keep_freed_memory() if sys.argv[1] == "keep" else None
+def faults_of_a_buffer():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    b = bytearray(24 << 20)  # zero-filled: every page is touched
+    del b
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults_of_a_buffer()
+print(kept, faults_of_a_buffer())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_keep_freed_memory_lets_the_next_buffer_reuse_pages() -> None:
+    def second_buffer_faults(mode: str) -> tuple[str, int]:
+        out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT, mode],
+                             capture_output=True, text=True, check=True).stdout.split()
+        return out[0], int(out[1])
+
+    kept, faults_kept = second_buffer_faults("keep")
+    _, faults_default = second_buffer_faults("default")
+    assert kept == "True"
+    pages = (24 << 20) // 4096
+    # By default the freed buffer went back to the system and its pages fault in again.
+    assert faults_default > pages // 2, faults_default
+    assert faults_kept < pages // 10, faults_kept
+    with pytest.raises(ValueError):
+        tf.keep_freed_memory(-1)

@@ -25,6 +25,7 @@ import pyarrow as pa
 from ._client import TTL, Client, DatasetInfo, PathOrFile
 from ._config import Settings
 from ._convert import DtypeBackend
+from ._memory import keep_freed_memory
 from ._ticket import Ticket
 from .errors import (
     ContractViolation,
@@ -53,6 +54,7 @@ __all__ = [
     "default_client",
     "download_dataframe",
     "download_table",
+    "keep_freed_memory",
     "upload_csv",
     "upload_dataframe",
     "upload_table",
