@@ -1320,6 +1320,7 @@ mod tests {
             "{metrics}"
         );
     }
+
     /// A part whose footer is intact but whose first page is damaged fails while its
     /// batches are decoded (not when the file is opened): the reader gets the error, with
     /// the part named, and nothing half-read is cached.
