@@ -14,8 +14,7 @@ use std::sync::Mutex;
 use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, SchemaRef};
-use bytes::Bytes;
-use object_store::PutPayload;
+use object_store::{PutPayload, PutPayloadMut};
 use parquet::arrow::arrow_writer::{
     compute_leaves, ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn,
     ArrowRowGroupWriterFactory,
@@ -264,44 +263,33 @@ impl PartEncoder {
     }
 }
 
-/// A file written into fixed-size chunks: a growing buffer would copy the file several
-/// times over as it doubles, and fault in twice its size.
-#[derive(Debug, Default)]
-pub struct Chunks {
-    done: Vec<Bytes>,
-    current: Vec<u8>,
+/// A file written into chunks of at most 1 MiB (object_store's `PutPayloadMut`): a growing
+/// buffer would copy the file several times over as it doubles, and fault in twice its size.
+#[derive(Debug)]
+pub struct Chunks(PutPayloadMut);
+
+impl Default for Chunks {
+    fn default() -> Self {
+        Self(PutPayloadMut::new().with_block_size(Self::SIZE))
+    }
 }
 
 impl Chunks {
     const SIZE: usize = 1 << 20;
 
     /// The chunks written, as an object store payload.
-    pub fn finish(mut self) -> PutPayload {
-        self.seal();
-        self.done.into_iter().collect()
-    }
-
-    fn seal(&mut self) {
-        if !self.current.is_empty() {
-            let full = std::mem::take(&mut self.current);
-            self.done.push(Bytes::from(full));
-        }
+    pub fn finish(self) -> PutPayload {
+        self.0.freeze()
     }
 }
 
 impl std::io::Write for Chunks {
-    fn write(&mut self, mut buf: &[u8]) -> std::io::Result<usize> {
-        let n = buf.len();
-        while !buf.is_empty() {
-            if self.current.len() == self.current.capacity() {
-                self.seal();
-                self.current = Vec::with_capacity(Self::SIZE);
-            }
-            let take = (self.current.capacity() - self.current.len()).min(buf.len());
-            self.current.extend_from_slice(&buf[..take]);
-            buf = &buf[take..];
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // In pieces of at most a block, so that no block grows past it.
+        for piece in buf.chunks(Self::SIZE) {
+            self.0.extend_from_slice(piece);
         }
-        Ok(n)
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -381,6 +369,7 @@ fn row_groups(batches: &[RecordBatch], max_rows: usize) -> Vec<Vec<RecordBatch>>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use std::sync::Arc;
 
     use arrow::array::{DictionaryArray, Float64Array, Int32Array, Int64Array, StringArray};
