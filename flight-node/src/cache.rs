@@ -51,10 +51,10 @@ pub struct EncodedPart {
 
 impl Drop for EncodedPart {
     fn drop(&mut self) {
-        if self.bytes >= crate::memory::RELEASE_AFTER_BYTES && !self.messages.is_empty() {
+        if !self.messages.is_empty() {
             // Freed before the memory is given back.
             drop(std::mem::take(&mut self.messages));
-            crate::memory::release();
+            crate::memory::release_after(self.bytes as u64);
         }
     }
 }

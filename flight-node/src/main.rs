@@ -22,7 +22,7 @@ static MALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muz
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    keep_large_allocations_returnable();
+    register_memory_release();
     let config = Config::parse();
     init_logging(&config.log_format);
     match flight_node::server::run(config, shutdown_signal()).await {
@@ -36,7 +36,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 #[cfg(not(target_env = "msvc"))]
-fn keep_large_allocations_returnable() {
+fn register_memory_release() {
     flight_node::memory::set_release_hook(purge_free_pages);
 }
 
@@ -58,7 +58,7 @@ fn purge_free_pages() {
 }
 
 #[cfg(target_env = "msvc")]
-fn keep_large_allocations_returnable() {}
+fn register_memory_release() {}
 
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 /// Work of at least this many bytes returns its free memory when it ends.
-pub const RELEASE_AFTER_BYTES: usize = 32 << 20;
+const RELEASE_AFTER_BYTES: u64 = 32 << 20;
 
 static RELEASE: OnceLock<fn()> = OnceLock::new();
 static PENDING: AtomicBool = AtomicBool::new(false);
@@ -21,6 +21,14 @@ static PENDING: AtomicBool = AtomicBool::new(false);
 /// Registers the function that returns freed memory to the OS (once, at start-up).
 pub fn set_release_hook(hook: fn()) {
     let _ = RELEASE.set(hook);
+}
+
+/// Returns freed memory to the OS after work on `bytes` bytes ends (or their memory is
+/// freed), when that is large; smaller work leaves it to the allocator.
+pub fn release_after(bytes: u64) {
+    if bytes >= RELEASE_AFTER_BYTES {
+        release();
+    }
 }
 
 /// Returns freed memory to the OS, off the async runtime when called on it; a no-op

@@ -335,9 +335,7 @@ impl Node {
             }
         }
         drop(w);
-        if manifest.bytes >= crate::memory::RELEASE_AFTER_BYTES as u64 {
-            crate::memory::release();
-        }
+        crate::memory::release_after(manifest.bytes);
         self.metrics.record_upload(manifest.rows, manifest.bytes);
         tracing::info!(
             dataset = %manifest.dataset()?, version = manifest.version, rows = manifest.rows,
@@ -671,9 +669,7 @@ impl Node {
                 loading.remove(&key);
                 outcome
             };
-            if manifest.bytes >= crate::memory::RELEASE_AFTER_BYTES as u64 {
-                crate::memory::release();
-            }
+            crate::memory::release_after(manifest.bytes);
             tx.send_modify(|p| p.outcome = Some(outcome));
         });
         Ok(Loaded::Loading(rx))
