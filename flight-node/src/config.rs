@@ -104,9 +104,21 @@ pub struct Config {
     #[arg(long, env = "FLIGHT_DEFAULT_TTL", value_parser = parse_duration)]
     pub default_ttl: Option<Duration>,
 
-    /// Part files no manifest references are removed once older than this.
+    /// Objects of uploads that no version references are removed once nothing was written
+    /// to them for this long (an upload in progress refreshes a marker four times per grace
+    /// period). Every node and operator sharing one storage must use the same value.
     #[arg(long, env = "FLIGHT_ORPHAN_GRACE", default_value = "6h", value_parser = parse_duration)]
     pub orphan_grace: Duration,
+
+    /// A storage prefix outside every namespace that the `load` action may read, such as a
+    /// shared landing area (`raw/`); repeat the flag or separate with commas. Each
+    /// namespace's own prefix (`<namespace>/`) is always allowed; nothing else is.
+    #[arg(
+        long = "load-source-prefix",
+        env = "FLIGHT_LOAD_SOURCE_PREFIXES",
+        value_delimiter = ','
+    )]
+    pub load_source_prefixes: Vec<String>,
 
     /// Log format: text or json.
     #[arg(long, env = "FLIGHT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]

@@ -64,6 +64,11 @@ pub enum Error {
     #[error("{0}")]
     Config(String),
 
+    /// A part of a committed version is missing from storage (damage, or a delete racing
+    /// the read; readers check which).
+    #[error("{0}")]
+    MissingPart(String),
+
     /// A bug or an unexpected condition.
     #[error("internal error: {0}")]
     Internal(String),
@@ -113,7 +118,9 @@ impl Error {
                 _ => Code::Unavailable,
             },
             Error::Shared(e) => e.code(),
-            Error::Data { .. } | Error::Config(_) | Error::Internal(_) => Code::Internal,
+            Error::Data { .. } | Error::Config(_) | Error::MissingPart(_) | Error::Internal(_) => {
+                Code::Internal
+            }
         }
     }
 

@@ -7,7 +7,8 @@
 //!
 //! Modules: [`service`] (the Flight RPCs), [`node`] (the logic behind them), [`http`] (probes,
 //! metrics, CSV upload/export), [`config`] (flags), [`server`] (start/stop), [`client`]
-//! (a Rust client), [`contract`], [`auth`], [`placement`], [`name`], [`ttl`].
+//! (a Rust client), [`versions`] (the version lifecycle and its invariants), [`contract`],
+//! [`auth`], [`placement`], [`name`], [`ttl`].
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -32,6 +33,7 @@ pub mod service;
 pub mod storage;
 pub mod ticket;
 pub mod ttl;
+pub mod versions;
 pub mod zerocopy;
 
 pub use config::Config;

@@ -17,8 +17,8 @@ use lru::LruCache;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use ulid::Ulid;
 
+use crate::auth::Principal;
 use crate::cache::{Cache, CacheKey, CacheStats, EncodedPart, EncodedTable, Message};
 use crate::config::Config;
 use crate::contract::{Contract, Contracts};
@@ -30,6 +30,7 @@ use crate::name::DatasetId;
 use crate::placement::Placement;
 use crate::storage::Storage;
 use crate::ticket::{Ticket, TicketSigner};
+use crate::versions::{Current, Versions};
 
 /// Target size of one Flight message sent by `DoGet`. Large messages mean fewer gRPC
 /// frames per byte; it stays well below the default maximum message size.
@@ -47,6 +48,12 @@ pub struct Limits {
     pub max_upload_size: u64,
     pub max_upload_batches: u64,
     pub default_ttl: Option<Duration>,
+    /// Uploads with nothing written for this long are taken for dead by the sweep; an
+    /// upload in progress refreshes its marker four times per grace period.
+    pub orphan_grace: Duration,
+    /// Storage prefixes outside every namespace that `load` may read (shared areas the
+    /// platform team allows); each namespace's own prefix is always allowed.
+    pub load_source_prefixes: Vec<String>,
 }
 
 impl Limits {
@@ -57,7 +64,14 @@ impl Limits {
             max_upload_size: c.max_upload_size,
             max_upload_batches: c.max_upload_batches,
             default_ttl: c.default_ttl,
+            orphan_grace: c.orphan_grace,
+            load_source_prefixes: c.load_source_prefixes.clone(),
         }
+    }
+
+    /// How often an upload in progress refreshes its marker.
+    fn marker_refresh(&self) -> Duration {
+        (self.orphan_grace / 4).clamp(Duration::from_millis(10), Duration::from_secs(60))
     }
 
     fn message_target(&self) -> usize {
@@ -117,8 +131,9 @@ fn default_ns() -> String {
 pub struct NodeStats {
     pub node: Option<String>,
     pub storage_url: String,
-    #[serde(flatten)]
-    pub cache: CacheStats,
+    /// Node-wide memory and cache counters; only for a token of every namespace.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheStats>,
     /// The versions held in memory (what the operator reports as tier `Memory`).
     pub tables: Vec<CachedTableInfo>,
 }
@@ -136,13 +151,15 @@ pub struct CachedTableInfo {
 /// Shared state of a running node.
 pub struct Node {
     storage: Storage,
+    versions: Versions,
     cache: Cache,
     contracts: Contracts,
     signer: Option<TicketSigner>,
     placement: Placement,
     limits: Limits,
     metrics: Metrics,
-    manifests: Mutex<LruCache<CacheKey, Arc<Manifest>>>,
+    /// Manifests read, with the ETag of their record (checked before each use).
+    manifests: Mutex<LruCache<CacheKey, (Arc<Manifest>, Option<String>)>>,
     loading: Mutex<HashMap<CacheKey, watch::Receiver<LoadProgress>>>,
 }
 
@@ -179,6 +196,7 @@ impl Node {
         limits: Limits,
     ) -> Self {
         Self {
+            versions: Versions::new(storage.clone()),
             storage,
             cache: Cache::new(cache_limit),
             contracts,
@@ -208,7 +226,7 @@ impl Node {
                         p.display()
                     ))
                 })?;
-                Some(TicketSigner::new(trim_ascii(&key).to_vec())?)
+                Some(TicketSigner::new(key.trim_ascii().to_vec())?)
             }
             None => None,
         };
@@ -226,6 +244,10 @@ impl Node {
 
     pub fn storage(&self) -> &Storage {
         &self.storage
+    }
+
+    pub fn versions(&self) -> &Versions {
+        &self.versions
     }
 
     pub fn cache(&self) -> &Cache {
@@ -276,7 +298,8 @@ impl Node {
         if let Some(c) = &contract {
             c.check_schema(&schema)?;
         }
-        let upload_id = Ulid::new().to_string();
+        let upload = self.versions.begin(&id, self.limits.marker_refresh());
+        let upload_id = upload.upload_id().to_string();
         let mut w = PartWriter::new(
             self,
             id.clone(),
@@ -302,7 +325,7 @@ impl Node {
             })?),
             None => None,
         };
-        let mut manifest = Manifest {
+        let manifest = Manifest {
             format: MANIFEST_FORMAT.into(),
             namespace: id.namespace().into(),
             name: id.name().into(),
@@ -320,10 +343,12 @@ impl Node {
             expires_at,
             source: opts.source,
         };
-        self.storage.commit(&mut manifest).await?;
+        // From here on the commit owns the parts: it runs to completion on its own task even
+        // if this call goes away, and only it may remove them.
         w.committed = true;
+        let manifest = self.versions.commit(upload, manifest).await?;
         let key = (id, manifest.version);
-        self.remember(key.clone(), manifest.clone());
+        self.remember(key.clone(), manifest.clone(), None);
         if let Some(parts) = w.encoded.take() {
             match EncodedTable::new(schema, parts.into_iter().map(Arc::new).collect()) {
                 Ok(t) => {
@@ -396,7 +421,7 @@ impl Node {
     /// The `load` action: ingests a CSV or Parquet object from the node's storage.
     pub async fn load(&self, req: LoadRequest) -> Result<Manifest> {
         let id = DatasetId::new(req.namespace.as_str(), req.name.as_str())?;
-        let path = self.source_path(&req.source)?;
+        let path = self.source_path(id.namespace(), &req.source)?;
         let format = match req.format.as_deref() {
             Some(f) => f.to_ascii_lowercase(),
             None if path.as_ref().ends_with(".parquet") => "parquet".into(),
@@ -461,7 +486,38 @@ impl Node {
         }
     }
 
-    fn source_path(&self, source: &str) -> Result<Path> {
+    /// The object a `load` reads: relative to the storage root, inside the destination's
+    /// own namespace prefix (`<namespace>/...`) or one of the shared prefixes the node was
+    /// given (`--load-source-prefix`). Anything else is refused, so a token for one
+    /// namespace cannot read another's objects through a load.
+    fn source_path(&self, namespace: &str, source: &str) -> Result<Path> {
+        let path = self.source_object(source)?;
+        let mut parts = path.parts();
+        let first = parts.next();
+        if first.as_ref().map(|p| p.as_ref()) == Some(namespace) && parts.next().is_some() {
+            return Ok(path);
+        }
+        let allowed = self.limits.load_source_prefixes.iter().any(|prefix| {
+            let prefix = Path::from(prefix.as_str());
+            path.prefix_matches(&prefix) && path != prefix
+        });
+        if allowed {
+            return Ok(path);
+        }
+        let shared = if self.limits.load_source_prefixes.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " or one of the shared prefixes {:?}",
+                self.limits.load_source_prefixes
+            )
+        };
+        Err(Error::PermissionDenied(format!(
+            "source {source:?} is outside namespace {namespace:?}: a load reads objects under \"{namespace}/\" in the storage{shared}"
+        )))
+    }
+
+    fn source_object(&self, source: &str) -> Result<Path> {
         let base = self.storage.url().trim_end_matches('/');
         let rel = if let Some(rest) = source.strip_prefix(base) {
             rest.trim_start_matches('/')
@@ -477,16 +533,19 @@ impl Node {
 
     // ----- read ---------------------------------------------------------------------
 
-    fn remember(&self, key: CacheKey, manifest: Manifest) -> Arc<Manifest> {
+    fn remember(&self, key: CacheKey, manifest: Manifest, etag: Option<String>) -> Arc<Manifest> {
         let m = Arc::new(manifest);
         self.manifests
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .put(key, Arc::clone(&m));
+            .put(key, (Arc::clone(&m), etag));
         m
     }
 
-    /// The manifest a ticket pins; `NotFound` when it does not exist or has expired.
+    /// The manifest a ticket pins; `NotFound` when it does not exist, was deleted or has
+    /// expired. A manifest held in memory is checked against its record in storage first
+    /// (one HEAD), so a version deleted or renewed through another node is seen at once;
+    /// when storage cannot be reached, the copy in memory is used.
     pub async fn resolve(&self, ticket: &Ticket) -> Result<Arc<Manifest>> {
         let key = (ticket.dataset.clone(), ticket.version);
         let known = self
@@ -495,31 +554,34 @@ impl Node {
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
             .cloned();
-        let mut manifest = match known {
-            Some(m) => m,
-            None => self.remember(
-                key.clone(),
-                self.storage.read_manifest(&key.0, key.1).await?,
-            ),
-        };
-        let now = Utc::now();
-        if manifest.is_expired(now) {
-            // Another node may have renewed the lease: check the stored manifest.
-            manifest = self.remember(
-                key.clone(),
-                self.storage.read_manifest(&key.0, key.1).await?,
-            );
-            if manifest.is_expired(now) {
-                return Err(Error::not_found(format!(
-                    "version {} of dataset {} expired at {}",
-                    key.1,
-                    key.0,
-                    manifest
-                        .expires_at
-                        .map(|t| t.to_rfc3339())
-                        .unwrap_or_default()
-                )));
+        let manifest = match known {
+            Some((m, etag)) => match self.versions.current(&key.0, key.1, etag.as_deref()).await {
+                Ok(Current::Unchanged) => m,
+                Ok(Current::Changed(m, etag)) => self.remember(key.clone(), m, etag),
+                Ok(Current::Gone(why)) => {
+                    self.evict(&key.0, Some(key.1));
+                    return Err(Error::NotFound(why));
+                }
+                Err(e) => {
+                    tracing::debug!(dataset = %key.0, version = key.1, error = %e, "storage unreachable; serving the version from memory");
+                    m
+                }
+            },
+            None => {
+                let (m, etag) = self.versions.read(&key.0, key.1).await?;
+                self.remember(key.clone(), m, etag)
             }
+        };
+        if manifest.is_expired(Utc::now()) {
+            return Err(Error::not_found(format!(
+                "version {} of dataset {} expired at {}",
+                key.1,
+                key.0,
+                manifest
+                    .expires_at
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_default()
+            )));
         }
         if let Some(part) = ticket.part {
             if part as usize >= manifest.parts.len() {
@@ -534,8 +596,8 @@ impl Node {
 
     /// The newest unexpired version of a dataset.
     pub async fn latest(&self, id: &DatasetId) -> Result<Arc<Manifest>> {
-        let m = self.storage.latest_manifest(id, Utc::now()).await?;
-        Ok(self.remember((id.clone(), m.version), m))
+        let (m, etag) = self.versions.latest(id, Utc::now()).await?;
+        Ok(self.remember((id.clone(), m.version), m, etag))
     }
 
     /// The Flight messages of a version (or one part), schema first. Served from memory;
@@ -577,15 +639,21 @@ impl Node {
             None => manifest.parts.clone(),
         };
         let storage = self.storage.clone();
+        let versions = self.versions.clone();
+        let manifest = Arc::new(manifest.clone());
         let target = self.limits.message_target();
         let body = stream::iter(parts)
             .then(move |p| {
                 let storage = storage.clone();
+                let versions = versions.clone();
+                let manifest = Arc::clone(&manifest);
                 let schema = schema.clone();
                 async move {
-                    let mut encoded = storage
-                        .load_part(&p, READ_BATCH_ROWS, schema, target)
-                        .await?;
+                    let loaded = storage.load_part(&p, READ_BATCH_ROWS, schema, target).await;
+                    let mut encoded = match loaded {
+                        Ok(e) => e,
+                        Err(e) => return Err(deleted_or(&versions, &manifest, e).await),
+                    };
                     let messages = std::mem::take(&mut encoded.messages);
                     Ok::<_, Error>(stream::iter(messages.into_iter().map(Ok)))
                 }
@@ -703,7 +771,12 @@ impl Node {
             .map(|p| {
                 let storage = self.storage.clone();
                 let schema = schema.clone();
-                async move { storage.load_part(&p, READ_BATCH_ROWS, schema, target).await }
+                async move {
+                    match storage.load_part(&p, READ_BATCH_ROWS, schema, target).await {
+                        Ok(part) => Ok(part),
+                        Err(e) => Err(deleted_or(&self.versions, manifest, e).await),
+                    }
+                }
             })
             .buffered(LOAD_PARALLELISM);
         let mut loaded = Vec::with_capacity(manifest.parts.len());
@@ -748,7 +821,7 @@ impl Node {
     /// Newest unexpired version of every dataset (optionally in one namespace).
     pub async fn list(&self, namespace: Option<&str>) -> Result<Vec<Arc<Manifest>>> {
         let mut out = Vec::new();
-        for id in self.storage.list_datasets(namespace).await? {
+        for id in self.versions.datasets(namespace).await? {
             match self.latest(&id).await {
                 Ok(m) => out.push(m),
                 Err(Error::NotFound(_)) => {}
@@ -764,10 +837,15 @@ impl Node {
     pub async fn delete(&self, id: &DatasetId, version: Option<u64>) -> Result<Vec<u64>> {
         let deleted = match version {
             Some(v) => {
-                self.storage.delete_version(id, v).await?;
+                if !self.versions.delete_version(id, v).await? {
+                    self.evict(id, version);
+                    return Err(Error::not_found(format!(
+                        "version {v} of dataset {id} was already deleted"
+                    )));
+                }
                 vec![v]
             }
-            None => self.storage.delete_dataset(id).await?,
+            None => self.versions.delete_dataset(id).await?,
         };
         self.evict(id, version);
         tracing::info!(dataset = %id, versions = ?deleted, "deleted");
@@ -797,22 +875,28 @@ impl Node {
                 "the new expiration time must be in the future",
             ));
         }
-        let mut m = (*current).clone();
-        m.expires_at = Some(expires_at);
-        self.storage.rewrite_manifest(&m).await?;
+        let (m, etag) = self
+            .versions
+            .renew(&ticket.dataset, current.version, expires_at, Utc::now())
+            .await?;
         tracing::info!(dataset = %ticket.dataset, version = ticket.version, %expires_at, "renewed lease");
-        Ok(self.remember((ticket.dataset.clone(), ticket.version), m))
+        Ok(self.remember((ticket.dataset.clone(), ticket.version), m, etag))
     }
 
-    pub fn stats(&self) -> NodeStats {
+    /// The node's figures as `principal` may see them: the versions in memory of its
+    /// namespaces only, and the node-wide counters (which sum over every namespace) only
+    /// for a principal of every namespace.
+    pub fn stats(&self, principal: &Principal) -> NodeStats {
+        let everything = matches!(principal, Principal::Everything);
         NodeStats {
             node: self.placement.advertise_uri().map(str::to_string),
             storage_url: self.storage.url().to_string(),
-            cache: self.cache.stats(),
+            cache: everything.then(|| self.cache.stats()),
             tables: self
                 .cache
                 .entries()
                 .into_iter()
+                .filter(|((id, _), _)| principal.allows(id.namespace()))
                 .map(|((id, version), bytes)| CachedTableInfo {
                     namespace: id.namespace().to_string(),
                     name: id.name().to_string(),
@@ -837,6 +921,21 @@ pub fn batch_size(batch: &RecordBatch) -> usize {
                 .unwrap_or_else(|_| c.get_array_memory_size())
         })
         .sum()
+}
+
+/// A part found missing while reading a version: `NotFound` when the version was deleted
+/// meanwhile (a read racing a delete), otherwise the error as it is (the part is damaged).
+async fn deleted_or(versions: &Versions, manifest: &Manifest, e: Error) -> Error {
+    if !matches!(e, Error::MissingPart(_)) {
+        return e;
+    }
+    let Ok(id) = manifest.dataset() else {
+        return e;
+    };
+    match versions.current(&id, manifest.version, None).await {
+        Ok(Current::Gone(why)) => Error::NotFound(why),
+        _ => e,
+    }
 }
 
 /// The messages of parts `range` of a version being loaded, each part sent as soon as the
@@ -868,18 +967,6 @@ fn stream_loading(
     })
     .map_ok(|part| stream::iter(EncodedPart::messages(part).map(Ok)))
     .try_flatten()
-}
-
-fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &b[start..end]
 }
 
 /// A part being encoded and stored: its description and, if cacheable, its messages.
@@ -928,11 +1015,12 @@ struct PartWriter<'a> {
 impl Drop for PartWriter<'_> {
     fn drop(&mut self) {
         let in_flight = self.in_flight.take();
-        if self.committed || self.written.is_empty() {
+        if self.committed || (self.written.is_empty() && in_flight.is_none()) {
             return;
         }
         let storage = self.node.storage.clone();
-        let paths = std::mem::take(&mut self.written);
+        let mut paths = std::mem::take(&mut self.written);
+        paths.push(Storage::upload_marker_path(&self.id, &self.upload_id));
         tracing::info!(dataset = %self.id, parts = paths.len(), "upload not committed; removing its parts");
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
@@ -1176,6 +1264,8 @@ mod tests {
             max_upload_size: 1 << 30,
             max_upload_batches: 1000,
             default_ttl: None,
+            orphan_grace: Duration::from_secs(3600),
+            load_source_prefixes: Vec::new(),
         };
         let placement = Placement::new(None, None).unwrap();
         Arc::new(Node::new(

@@ -169,7 +169,7 @@ async fn housekeeping(node: Arc<Node>, grace: Duration, rx: watch::Receiver<bool
                 }
             }
             _ = sweep.tick() => {
-                match node.storage().clean_orphans(grace, Utc::now()).await {
+                match node.versions().sweep(grace, Utc::now()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(removed = n, "removed orphaned part files"),
                     Err(e) => tracing::warn!(error = %e, "orphan sweep failed"),

@@ -59,9 +59,9 @@ type Stream_<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Se
 pub const ACTIONS: &[(&str, &str)] = &[
     ("delete", "Delete a dataset or one version from storage and memory. Body: JSON {\"namespace\", \"name\", \"version\"?}. Result: JSON {\"deleted\": [versions]}."),
     ("evict", "Drop a dataset or one version from this node's memory only; storage keeps it. Body: JSON {\"namespace\", \"name\", \"version\"?}. Result: JSON {\"evicted\": n}."),
-    ("stats", "This node's memory and cache counters, and the versions in memory. Body: empty. Result: JSON."),
+    ("stats", "The versions this node holds in memory (of the token's namespaces), and its memory and cache counters (to a token of every namespace). Body: empty. Result: JSON."),
     ("preload", "Load a version (the newest by default) into this node's memory ahead of its first read. Body: JSON {\"namespace\", \"name\", \"version\"?}. Result: JSON {\"version\", \"cached\"}."),
-    ("load", "Ingest a CSV or Parquet object from the node's storage as a new version. Body: JSON {\"namespace\", \"name\", \"source\", \"format\"?, \"ttl\"?, \"contract\"?, \"delimiter\"?}. Result: the PutResult JSON."),
+    ("load", "Ingest a CSV or Parquet object from the node's storage (under the namespace's own prefix, or a shared prefix the node allows) as a new version. Body: JSON {\"namespace\", \"name\", \"source\", \"format\"?, \"ttl\"?, \"contract\"?, \"delimiter\"?}. Result: the PutResult JSON."),
     ("renew", "Extend a version's TTL lease. Body: JSON {\"ticket\", \"ttl\"}. Result: the PutResult JSON with the new expiresAt."),
     ("RenewFlightEndpoint", "Standard Flight lease renewal. Body: RenewFlightEndpointRequest (protobuf) whose endpoint carries the ticket and the wanted expiration_time. Result: the renewed FlightEndpoint (protobuf)."),
 ];
@@ -311,7 +311,7 @@ impl FlightNodeService {
                 let evicted = self.node.evict(&id, r.version);
                 Ok(vec![to_json(&serde_json::json!({ "evicted": evicted }))?])
             }
-            "stats" => Ok(vec![to_json(&self.node.stats())?]),
+            "stats" => Ok(vec![to_json(&self.node.stats(&principal))?]),
             "preload" => {
                 let r: DatasetRef = json_body("preload", body)?;
                 let id = DatasetId::new(r.namespace.as_str(), r.name.as_str())?;

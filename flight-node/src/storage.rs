@@ -7,30 +7,36 @@
 //! <namespace>/<name>/v<version>.manifest.json              the commit point, written create-only
 //! ```
 //!
-//! The manifest is written with `PutMode::Create`: the first writer of `v<n>` wins and a
-//! loser takes `n+1`, so concurrent uploads never overwrite each other and never share part
-//! files (each has its own upload id).
+//! This module reads and writes objects; what a version is, and the rules that keep
+//! versions consistent (allocation, commit, renew, delete, sweep), live in
+//! [`crate::versions`]. It offers the two conditional writes those rules need: create-only
+//! ([`Storage::create`]) and compare-and-swap on an object's ETag ([`Storage::replace`]).
+//! S3 and memory stores do both natively (`If-None-Match: *`, `If-Match`); on `file://`
+//! object_store creates atomically but cannot compare-and-swap, so a replace there holds an
+//! exclusive lock on `<root>/.locks/records.lock` (shared by every process on that
+//! directory) while it compares and renames.
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{
+    ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
+};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::cache::{encode_batches, EncodedPart};
 use crate::error::{Error, Result};
-use crate::manifest::{Manifest, PartInfo};
-use crate::name::{validate_label, DatasetId};
+use crate::manifest::PartInfo;
+use crate::name::DatasetId;
 
 /// How to reach the object store. Field names follow object_store's S3 options.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -51,16 +57,24 @@ pub struct StorageConfig {
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
     url: String,
+    /// The directory of a `file://` store, where replace takes its lock.
+    local_root: Option<PathBuf>,
 }
 
-/// Attempts at allocating a version number before giving up (a very busy dataset).
-const MAX_COMMIT_ATTEMPTS: u32 = 64;
+/// The outcome of a create-only write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Created,
+    /// Something was already there (possibly our own earlier attempt).
+    AlreadyExists,
+}
 
 impl Storage {
     /// Opens the store named by `config.url`.
     pub fn open(config: &StorageConfig) -> Result<Self> {
         let url = config.url.trim();
         let bad = |why: String| Error::Config(format!("invalid storage URL {url:?}: {why}"));
+        let mut local_root = None;
         let store: Arc<dyn ObjectStore> = if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.len() < 3 {
@@ -95,6 +109,7 @@ impl Storage {
             let dir = dir
                 .canonicalize()
                 .map_err(|e| bad(format!("failed to resolve {}: {e}", dir.display())))?;
+            local_root = Some(dir.clone());
             Arc::new(LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?)
         } else if url == "memory://" || url.starts_with("memory://") {
             Arc::new(InMemory::new())
@@ -104,6 +119,7 @@ impl Storage {
         Ok(Self {
             store,
             url: url.to_string(),
+            local_root,
         })
     }
 
@@ -112,6 +128,7 @@ impl Storage {
         Self {
             store,
             url: url.into(),
+            local_root: None,
         }
     }
 
@@ -120,6 +137,7 @@ impl Storage {
         Self {
             store: Arc::new(InMemory::new()),
             url: "memory://".into(),
+            local_root: None,
         }
     }
 
@@ -131,7 +149,7 @@ impl Storage {
         Arc::clone(&self.store)
     }
 
-    fn dataset_prefix(id: &DatasetId) -> Path {
+    pub(crate) fn dataset_prefix(id: &DatasetId) -> Path {
         Path::from_iter([id.namespace(), id.name()])
     }
 
@@ -146,6 +164,16 @@ impl Storage {
         ])
     }
 
+    /// Where the objects of one upload live: its parts and its liveness marker.
+    pub fn upload_prefix(id: &DatasetId, upload_id: &str) -> Path {
+        Path::from_iter([id.namespace(), id.name(), "parts", upload_id])
+    }
+
+    /// The marker an upload in progress refreshes so that no sweep takes it for dead.
+    pub fn upload_marker_path(id: &DatasetId, upload_id: &str) -> Path {
+        Self::upload_prefix(id, upload_id).join("upload.json")
+    }
+
     /// Where the manifest of a version is committed.
     pub fn manifest_path(id: &DatasetId, version: u64) -> Path {
         Path::from_iter([
@@ -155,7 +183,7 @@ impl Storage {
         ])
     }
 
-    fn parse_manifest_name(file: &str) -> Option<u64> {
+    pub(crate) fn parse_manifest_name(file: &str) -> Option<u64> {
         let v = file.strip_prefix('v')?.strip_suffix(".manifest.json")?;
         if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
             return None;
@@ -172,130 +200,139 @@ impl Storage {
             .map_err(|e| Error::storage(format!("write {path}"), e))
     }
 
-    /// Commits a manifest, allocating its version with a create-only write: starts after
-    /// the newest existing version and moves on when another writer took the number.
-    /// On return `manifest.version` holds the committed version.
-    pub async fn commit(&self, manifest: &mut Manifest) -> Result<()> {
-        let id = manifest.dataset()?;
-        let mut version = self.versions(&id).await?.last().copied().unwrap_or(0) + 1;
-        for _ in 0..MAX_COMMIT_ATTEMPTS {
-            manifest.version = version;
-            let path = Self::manifest_path(&id, version);
-            let opts = PutOptions {
-                mode: PutMode::Create,
-                ..Default::default()
-            };
-            match self
-                .store
-                .put_opts(&path, PutPayload::from(manifest.to_json()?), opts)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(object_store::Error::AlreadyExists { .. })
-                | Err(object_store::Error::Precondition { .. }) => version += 1,
-                Err(e) => return Err(Error::storage(format!("commit manifest {path}"), e)),
-            }
-        }
-        Err(Error::Aborted(format!(
-            "failed to allocate a version of {id} after {MAX_COMMIT_ATTEMPTS} attempts; retry the upload"
-        )))
-    }
-
-    /// Rewrites an existing manifest in place (only the lease/expiry may change).
-    pub async fn rewrite_manifest(&self, manifest: &Manifest) -> Result<()> {
-        let path = Self::manifest_path(&manifest.dataset()?, manifest.version);
-        self.store
-            .put(&path, PutPayload::from(manifest.to_json()?))
+    /// Writes `payload` only if nothing exists at `path` (`If-None-Match: *` on S3). An
+    /// error means the outcome is unknown: the object may or may not have been written.
+    pub async fn create(&self, path: &Path, payload: Bytes) -> Result<Created> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(path, PutPayload::from(payload), opts)
             .await
-            .map(|_| ())
-            .map_err(|e| Error::storage(format!("rewrite manifest {path}"), e))
+        {
+            Ok(_) => Ok(Created::Created),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(Created::AlreadyExists),
+            Err(e) => Err(Error::storage(format!("write {path}"), e)),
+        }
     }
 
-    /// Committed versions of a dataset, ascending.
-    pub async fn versions(&self, id: &DatasetId) -> Result<Vec<u64>> {
-        let prefix = Self::dataset_prefix(id);
+    /// An object and its ETag; `None` when it does not exist.
+    pub async fn get_tagged(&self, path: &Path) -> Result<Option<(Bytes, Option<String>)>> {
+        let got = match self.store.get(path).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(Error::storage(format!("read {path}"), e)),
+        };
+        let etag = got.meta.e_tag.clone();
+        let bytes = got
+            .bytes()
+            .await
+            .map_err(|e| Error::storage(format!("read {path}"), e))?;
+        Ok(Some((bytes, etag)))
+    }
+
+    /// The current ETag of an object; `None` when it does not exist.
+    pub async fn etag(&self, path: &Path) -> Result<Option<String>> {
+        match self.store.head(path).await {
+            Ok(m) => Ok(m.e_tag),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::storage(format!("read {path}"), e)),
+        }
+    }
+
+    /// Replaces the object at `path` only if its ETag is still `etag` (compare-and-swap).
+    /// Returns false when it changed or vanished meanwhile.
+    pub async fn replace(&self, path: &Path, payload: Bytes, etag: &str) -> Result<bool> {
+        if let Some(root) = &self.local_root {
+            return self.replace_locked(root.clone(), path, payload, etag).await;
+        }
+        let opts = PutOptions {
+            mode: PutMode::Update(UpdateVersion {
+                e_tag: Some(etag.to_string()),
+                version: None,
+            }),
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(path, PutPayload::from(payload), opts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::Precondition { .. })
+            | Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(Error::storage(format!("replace {path}"), e)),
+        }
+    }
+
+    /// [`Storage::replace`] on `file://`: compare and rename under an exclusive file lock,
+    /// which every node and operator on the same directory takes.
+    async fn replace_locked(
+        &self,
+        root: PathBuf,
+        path: &Path,
+        payload: Bytes,
+        etag: &str,
+    ) -> Result<bool> {
+        let lock_error = |e: std::io::Error| {
+            Error::Internal(format!(
+                "failed to lock {}/.locks/records.lock: {e}",
+                root.display()
+            ))
+        };
+        let dir = root.join(".locks");
+        let file = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join("records.lock"))?;
+            f.lock()?;
+            Ok::<_, std::io::Error>(f)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("lock task failed: {e}")))?
+        .map_err(lock_error)?;
+        // The lock is released when `file` is dropped, after the rename.
+        let outcome = match self.etag(path).await? {
+            Some(current) if current == etag => {
+                self.put(path, payload).await?;
+                true
+            }
+            _ => false,
+        };
+        drop(file);
+        Ok(outcome)
+    }
+
+    /// Every object under `prefix`, recursively.
+    pub async fn list(&self, prefix: &Path) -> Result<Vec<ObjectMeta>> {
+        self.store
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(|e| Error::storage(format!("list {prefix}"), e))
+    }
+
+    /// Names of the objects directly under `prefix` (not recursing).
+    pub async fn list_files(&self, prefix: &Path) -> Result<Vec<String>> {
         let listing = self
             .store
-            .list_with_delimiter(Some(&prefix))
+            .list_with_delimiter(Some(prefix))
             .await
             .map_err(|e| Error::storage(format!("list {prefix}"), e))?;
-        let mut versions: Vec<u64> = listing
+        Ok(listing
             .objects
             .iter()
-            .filter_map(|o| o.location.filename().and_then(Self::parse_manifest_name))
-            .collect();
-        versions.sort_unstable();
-        Ok(versions)
+            .filter_map(|o| o.location.filename().map(str::to_string))
+            .collect())
     }
 
-    /// Reads one version's manifest; `NotFound` if it was never committed.
-    pub async fn read_manifest(&self, id: &DatasetId, version: u64) -> Result<Manifest> {
-        let path = Self::manifest_path(id, version);
-        let bytes = match self.store.get(&path).await {
-            Ok(r) => r.bytes().await,
-            Err(e) => Err(e),
-        };
-        match bytes {
-            Ok(b) => Manifest::from_json(&b),
-            Err(object_store::Error::NotFound { .. }) => Err(Error::not_found(format!(
-                "dataset {id} has no version {version}"
-            ))),
-            Err(e) => Err(Error::storage(format!("read manifest {path}"), e)),
-        }
-    }
-
-    /// All manifests of a dataset, ascending by version.
-    pub async fn list_manifests(&self, id: &DatasetId) -> Result<Vec<Manifest>> {
-        let mut out = Vec::new();
-        for v in self.versions(id).await? {
-            match self.read_manifest(id, v).await {
-                Ok(m) => out.push(m),
-                // Deleted between listing and reading.
-                Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(out)
-    }
-
-    /// The newest version that has not expired at `now`; `NotFound` if there is none.
-    pub async fn latest_manifest(&self, id: &DatasetId, now: DateTime<Utc>) -> Result<Manifest> {
-        for v in self.versions(id).await?.into_iter().rev() {
-            match self.read_manifest(id, v).await {
-                Ok(m) if !m.is_expired(now) => return Ok(m),
-                Ok(_) | Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Err(Error::not_found(format!("dataset {id} not found")))
-    }
-
-    /// Datasets that have at least one committed version, optionally in one namespace.
-    pub async fn list_datasets(&self, namespace: Option<&str>) -> Result<Vec<DatasetId>> {
-        let namespaces = match namespace {
-            Some(ns) => vec![ns.to_string()],
-            None => self.child_dirs(None).await?,
-        };
-        let mut out = Vec::new();
-        for ns in namespaces {
-            if validate_label("namespace", &ns).is_err() {
-                continue;
-            }
-            let ns_path = Path::from(ns.as_str());
-            for name in self.child_dirs(Some(&ns_path)).await? {
-                let Ok(id) = DatasetId::new(ns.as_str(), name) else {
-                    continue;
-                };
-                if !self.versions(&id).await?.is_empty() {
-                    out.push(id);
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
-    }
-
-    async fn child_dirs(&self, prefix: Option<&Path>) -> Result<Vec<String>> {
+    pub(crate) async fn child_dirs(&self, prefix: Option<&Path>) -> Result<Vec<String>> {
         let listing = self
             .store
             .list_with_delimiter(prefix)
@@ -308,39 +345,6 @@ impl Storage {
             .collect())
     }
 
-    /// Deletes one version: first its manifest (so it stops existing), then its parts.
-    pub async fn delete_version(&self, id: &DatasetId, version: u64) -> Result<()> {
-        let manifest = self.read_manifest(id, version).await?;
-        let path = Self::manifest_path(id, version);
-        self.delete_ignoring_missing(&path).await?;
-        for part in &manifest.parts {
-            self.delete_ignoring_missing(&Path::from(part.path.as_str()))
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Deletes every version and every object of a dataset; returns the deleted versions.
-    pub async fn delete_dataset(&self, id: &DatasetId) -> Result<Vec<u64>> {
-        let versions = self.versions(id).await?;
-        for v in &versions {
-            self.delete_ignoring_missing(&Self::manifest_path(id, *v))
-                .await?;
-        }
-        let prefix = Self::dataset_prefix(id);
-        let rest: Vec<Path> = self
-            .store
-            .list(Some(&prefix))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await
-            .map_err(|e| Error::storage(format!("list {prefix}"), e))?;
-        for p in rest {
-            self.delete_ignoring_missing(&p).await?;
-        }
-        Ok(versions)
-    }
-
     /// Deletes the given objects, best effort (used to undo a failed upload).
     pub async fn delete_quietly(&self, paths: &[Path]) {
         for p in paths {
@@ -350,54 +354,11 @@ impl Storage {
         }
     }
 
-    async fn delete_ignoring_missing(&self, path: &Path) -> Result<()> {
+    pub(crate) async fn delete_ignoring_missing(&self, path: &Path) -> Result<()> {
         match self.store.delete(path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(Error::storage(format!("delete {path}"), e)),
         }
-    }
-
-    /// Removes part files that no manifest references and that are older than `grace`
-    /// (uploads still in flight are younger). Returns how many objects were removed.
-    pub async fn clean_orphans(&self, grace: Duration, now: DateTime<Utc>) -> Result<usize> {
-        let cutoff = now - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
-        let mut removed = 0;
-        for id in self.all_dataset_dirs().await? {
-            let referenced: std::collections::HashSet<String> = self
-                .list_manifests(&id)
-                .await?
-                .into_iter()
-                .flat_map(|m| m.parts.into_iter().map(|p| p.path))
-                .collect();
-            let parts_prefix = Self::dataset_prefix(&id).join("parts");
-            let objects: Vec<_> = self
-                .store
-                .list(Some(&parts_prefix))
-                .try_collect()
-                .await
-                .map_err(|e| Error::storage(format!("list {parts_prefix}"), e))?;
-            for o in objects {
-                if o.last_modified < cutoff && !referenced.contains(o.location.as_ref()) {
-                    self.delete_ignoring_missing(&o.location).await?;
-                    removed += 1;
-                }
-            }
-        }
-        Ok(removed)
-    }
-
-    /// Every `<ns>/<name>` directory, with or without committed versions.
-    async fn all_dataset_dirs(&self) -> Result<Vec<DatasetId>> {
-        let mut out = Vec::new();
-        for ns in self.child_dirs(None).await? {
-            let ns_path = Path::from(ns.as_str());
-            for name in self.child_dirs(Some(&ns_path)).await? {
-                if let Ok(id) = DatasetId::new(ns.as_str(), name) {
-                    out.push(id);
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// Reads one Parquet part: one GET for the whole object, decoded off the async runtime.
@@ -431,7 +392,7 @@ impl Storage {
     async fn get_part(&self, part: &PartInfo) -> Result<(Path, Bytes)> {
         let path = Path::from(part.path.as_str());
         let bytes = self.get_object(&path).await.map_err(|e| match e {
-            Error::NotFound(_) => Error::Internal(format!(
+            Error::NotFound(_) => Error::MissingPart(format!(
                 "part {path} of a committed version is missing from storage"
             )),
             e => e,
@@ -490,93 +451,6 @@ fn part_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::tests_support::sample;
-
-    #[tokio::test]
-    async fn versions_are_allocated_create_only() {
-        let s = Storage::in_memory();
-        let mut a = sample(0);
-        let mut b = sample(0);
-        s.commit(&mut a).await.unwrap();
-        s.commit(&mut b).await.unwrap();
-        assert_eq!((a.version, b.version), (1, 2));
-        let id = a.dataset().unwrap();
-        assert_eq!(s.versions(&id).await.unwrap(), vec![1, 2]);
-        assert_eq!(s.read_manifest(&id, 2).await.unwrap(), b);
-        assert_eq!(s.latest_manifest(&id, Utc::now()).await.unwrap().version, 2);
-        assert_eq!(s.list_datasets(None).await.unwrap(), vec![id.clone()]);
-        assert_eq!(s.list_datasets(Some("other")).await.unwrap(), vec![]);
-        let err = s.read_manifest(&id, 9).await.unwrap_err();
-        assert_eq!(err.code(), tonic::Code::NotFound);
-    }
-
-    #[tokio::test]
-    async fn a_taken_number_moves_the_writer_on() {
-        let s = Storage::in_memory();
-        let mut a = sample(0);
-        s.commit(&mut a).await.unwrap();
-        // Simulate a racing writer that committed v2 after we listed: pre-create it.
-        let id = a.dataset().unwrap();
-        let mut racer = sample(2);
-        racer.upload_id = "racer".into();
-        s.store
-            .put(
-                &Storage::manifest_path(&id, 2),
-                PutPayload::from(racer.to_json().unwrap()),
-            )
-            .await
-            .unwrap();
-        let mut b = sample(0);
-        s.commit(&mut b).await.unwrap();
-        assert_eq!(b.version, 3);
-        assert_eq!(s.read_manifest(&id, 2).await.unwrap().upload_id, "racer");
-    }
-
-    #[tokio::test]
-    async fn expired_versions_are_skipped_by_latest() {
-        let s = Storage::in_memory();
-        let mut a = sample(0);
-        s.commit(&mut a).await.unwrap();
-        let mut b = sample(0);
-        b.expires_at = Some(Utc::now() - chrono::Duration::seconds(1));
-        s.commit(&mut b).await.unwrap();
-        let id = a.dataset().unwrap();
-        assert_eq!(s.latest_manifest(&id, Utc::now()).await.unwrap().version, 1);
-    }
-
-    #[tokio::test]
-    async fn delete_and_orphans() {
-        let s = Storage::in_memory();
-        let mut m = sample(0);
-        let id = m.dataset().unwrap();
-        let part = Storage::part_path(&id, "u1", 0);
-        m.parts[0].path = part.to_string();
-        s.put(&part, Bytes::from_static(b"x")).await.unwrap();
-        s.commit(&mut m).await.unwrap();
-        let orphan = Storage::part_path(&id, "u2", 0);
-        s.put(&orphan, Bytes::from_static(b"y")).await.unwrap();
-
-        // Young orphans survive; old ones go; referenced parts always stay.
-        assert_eq!(
-            s.clean_orphans(Duration::from_secs(3600), Utc::now())
-                .await
-                .unwrap(),
-            0
-        );
-        let later = Utc::now() + chrono::Duration::hours(2);
-        assert_eq!(
-            s.clean_orphans(Duration::from_secs(3600), later)
-                .await
-                .unwrap(),
-            1
-        );
-        assert!(s.store.head(&orphan).await.is_err());
-        assert!(s.store.head(&part).await.is_ok());
-
-        s.delete_version(&id, 1).await.unwrap();
-        assert!(s.versions(&id).await.unwrap().is_empty());
-        assert!(s.store.head(&part).await.is_err());
-    }
 
     #[test]
     fn paths_and_urls() {

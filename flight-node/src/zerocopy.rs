@@ -315,6 +315,8 @@ mod tests {
             max_upload_size: 1 << 30,
             max_upload_batches: 1000,
             default_ttl: None,
+            orphan_grace: std::time::Duration::from_secs(3600),
+            load_source_prefixes: Vec::new(),
         };
         let placement = Placement::new(None, None).unwrap();
         let node = Arc::new(Node::new(
@@ -444,6 +446,8 @@ mod tests {
             max_upload_size: 1 << 20,
             max_upload_batches: 10,
             default_ttl: None,
+            orphan_grace: std::time::Duration::from_secs(3600),
+            load_source_prefixes: Vec::new(),
         };
         let node = Arc::new(Node::new(
             Storage::in_memory(),

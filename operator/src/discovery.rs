@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use flight_node::name::DatasetId;
+use flight_node::versions::Versions;
 use kube::api::{ObjectMeta, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
@@ -77,8 +78,8 @@ pub async fn discover_pool(ctx: &Context, pool: &FlightPool) -> Result<usize, Er
             source,
         }
     };
-    let ids = storage
-        .list_datasets(Some(&namespace))
+    let ids = Versions::new(storage.clone())
+        .datasets(Some(&namespace))
         .await
         .map_err(storage_error(format!("list datasets of {namespace}")))?;
     let api: Api<ArrowDataset> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -88,8 +89,8 @@ pub async fn discover_pool(ctx: &Context, pool: &FlightPool) -> Result<usize, Er
         if ctx.datasets.get(&key).is_some() {
             continue;
         }
-        let manifests = storage
-            .list_manifests(&id)
+        let manifests = Versions::new(storage.clone())
+            .live(&id)
             .await
             .map_err(storage_error(format!("list versions of {id}")))?;
         let Some(newest) = manifests.iter().max_by_key(|m| m.version) else {

@@ -150,7 +150,11 @@ pub async fn commit(
         "source": "test",
     }))
     .expect("manifest json");
-    storage.commit(&mut m).await.expect("commit");
+    let versions = flight_node::versions::Versions::new(storage.clone());
+    let id = flight_node::name::DatasetId::new(namespace, name).expect("dataset id");
+    let upload = versions.begin(&id, std::time::Duration::from_secs(3600));
+    m.upload_id = upload.upload_id().to_string();
+    let m = versions.commit(upload, m).await.expect("commit");
     // A part object, so clean-up has more than manifests to remove.
     let part = object_store::path::Path::from(format!(
         "{namespace}/{name}/parts/{}/part-0.parquet",

@@ -11,6 +11,7 @@ use flight_node::name::DatasetId;
 use flight_node::node::LoadRequest;
 use flight_node::storage::Storage;
 use flight_node::ticket::TicketSigner;
+use flight_node::versions::Versions;
 use futures::future::join_all;
 use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
@@ -279,8 +280,8 @@ async fn apply_dataset(
         .and_then(chrono_time)
         .unwrap_or(now);
     let storage = ctx.storage_for(&pool).await?;
-    let mut manifests = storage
-        .list_manifests(&id)
+    let mut manifests = Versions::new(storage.clone())
+        .live(&id)
         .await
         .map_err(storage_error(&storage, format!("list versions of {id}")))?;
 
@@ -334,8 +335,8 @@ async fn apply_dataset(
                         now,
                     );
                     ctx.event(ds, EventType::Normal, "Loaded", message).await;
-                    manifests = storage
-                        .list_manifests(&id)
+                    manifests = Versions::new(storage.clone())
+                        .live(&id)
                         .await
                         .map_err(storage_error(&storage, format!("list versions of {id}")))?;
                     plan = gc::plan(&manifests, ttl, created, now)?;
@@ -374,7 +375,7 @@ async fn apply_dataset(
 
     // Older versions go as they expire.
     for version in &plan.expired_versions {
-        storage
+        Versions::new(storage.clone())
             .delete_version(&id, *version)
             .await
             .map_err(storage_error(
@@ -496,7 +497,7 @@ async fn cleanup(
         Ok(s) => s,
         Err(e) => return blocked(ctx, api, ds, e.to_string()).await,
     };
-    let deleted = match storage.delete_dataset(&id).await {
+    let deleted = match Versions::new(storage.clone()).delete_dataset(&id).await {
         Ok(v) => v,
         Err(e) => {
             let reason = format!("failed to delete the objects in {}: {e}", storage.url());
