@@ -234,7 +234,11 @@ async fn evict_then_reload_from_parquet_and_delete() {
         .code(),
         Code::NotFound
     );
-    assert!(files_under(&node.dir.path().join("ns/ds")).is_empty());
+    // Only the tombstone of version 1 is left: it keeps the number from being reused.
+    assert_eq!(
+        files_under(&node.dir.path().join("ns/ds")),
+        vec![node.dir.path().join("ns/ds/v1.manifest.json")]
+    );
     node.stop().await;
 }
 
@@ -723,7 +727,8 @@ async fn ttl_expiry_and_lease_renewal() {
 
 #[tokio::test]
 async fn load_action_ingests_csv_and_parquet_from_storage() {
-    let node = TestNode::start(|_| {}).await;
+    // `incoming/` is a shared landing area; each namespace may also read its own prefix.
+    let node = TestNode::start(|c| c.load_source_prefixes = vec!["incoming/".into()]).await;
     let mut c = node.client().await;
     let src = node.dir.path().join("incoming");
     std::fs::create_dir_all(&src).unwrap();
@@ -746,11 +751,15 @@ async fn load_action_ingests_csv_and_parquet_from_storage() {
     let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema(), None).unwrap();
     w.write(&batch(0, 300)).unwrap();
     w.close().unwrap();
-    std::fs::write(src.join("t.parquet"), buf).unwrap();
+    for dir in ["ns/raw", "other/raw"] {
+        let dir = node.dir.path().join(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("t.parquet"), &buf).unwrap();
+    }
     let r = action(
         &mut c,
         "load",
-        serde_json::json!({"namespace": "ns", "name": "pq", "source": "incoming/t.parquet"}),
+        serde_json::json!({"namespace": "ns", "name": "pq", "source": "ns/raw/t.parquet"}),
     )
     .await
     .unwrap();
@@ -764,6 +773,12 @@ async fn load_action_ingests_csv_and_parquet_from_storage() {
         ("../etc/passwd", Code::InvalidArgument),
         ("s3://elsewhere/x.csv", Code::InvalidArgument),
         ("incoming/sales.txt", Code::InvalidArgument),
+        // Another namespace's objects, however they are named.
+        ("other/raw/t.parquet", Code::PermissionDenied),
+        ("ns/../other/raw/t.parquet", Code::InvalidArgument),
+        ("/other/raw/t.parquet", Code::PermissionDenied),
+        ("incomingx/sales.csv", Code::PermissionDenied),
+        ("ns", Code::PermissionDenied),
     ] {
         let err = action(
             &mut c,
