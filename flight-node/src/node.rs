@@ -818,14 +818,29 @@ impl Node {
         }
     }
 
-    /// Newest unexpired version of every dataset (optionally in one namespace).
-    pub async fn list(&self, namespace: Option<&str>) -> Result<Vec<Arc<Manifest>>> {
+    /// Newest unexpired version of every dataset, of the given namespaces or of all. A
+    /// dataset whose records cannot be read is left out (and logged), so one damaged
+    /// dataset does not hide the others.
+    pub async fn list(&self, namespaces: Option<&[String]>) -> Result<Vec<Arc<Manifest>>> {
+        let ids = match namespaces {
+            None => self.versions.datasets(None).await?,
+            Some(list) => {
+                let mut ids = Vec::new();
+                for ns in list {
+                    ids.extend(self.versions.datasets(Some(ns)).await?);
+                }
+                ids
+            }
+        };
         let mut out = Vec::new();
-        for id in self.versions.datasets(namespace).await? {
+        for id in ids {
             match self.latest(&id).await {
                 Ok(m) => out.push(m),
                 Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
+                Err(e @ (Error::Storage { .. } | Error::Shared(_))) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(dataset = %id, error = %e, "left out of the listing: its records cannot be read")
+                }
             }
         }
         Ok(out)

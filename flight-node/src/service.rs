@@ -506,8 +506,15 @@ impl FlightService for FlightNodeService {
                 principal.check(&ns)?;
                 Some(ns)
             };
+            // A namespace token lists only its own namespaces: nothing of another namespace
+            // is read, so nothing of it can show, not even in an error.
+            let scope: Option<Vec<String>> = match (namespace, &principal) {
+                (Some(ns), _) => Some(vec![ns]),
+                (None, Principal::Namespaces(own)) => Some(own.clone()),
+                (None, Principal::Everything) => None,
+            };
             let mut infos = Vec::new();
-            for m in self.node.list(namespace.as_deref()).await? {
+            for m in self.node.list(scope.as_deref()).await? {
                 if principal.allows(&m.namespace) {
                     infos.push(Ok(self.flight_info(&m)?));
                 }
@@ -528,8 +535,11 @@ impl FlightService for FlightNodeService {
 
     async fn poll_flight_info(
         &self,
-        _request: Request<FlightDescriptor>,
+        request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<PollInfo>, Status> {
+        if let Err(e) = self.principal(request.metadata()) {
+            return self.finish("PollFlightInfo", Err(e));
+        }
         self.finish(
             "PollFlightInfo",
             Err(Error::Unimplemented(
@@ -577,8 +587,11 @@ impl FlightService for FlightNodeService {
 
     async fn do_exchange(
         &self,
-        _request: Request<Streaming<FlightData>>,
+        request: Request<Streaming<FlightData>>,
     ) -> std::result::Result<Response<Self::DoExchangeStream>, Status> {
+        if let Err(e) = self.principal(request.metadata()) {
+            return self.finish("DoExchange", Err(e));
+        }
         self.finish(
             "DoExchange",
             Err(Error::Unimplemented(
