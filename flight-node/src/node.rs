@@ -148,6 +148,9 @@ pub struct CachedTableInfo {
     pub bytes: u64,
 }
 
+/// A manifest this node read, with the ETag of its record.
+type KnownManifest = (Arc<Manifest>, Option<String>);
+
 /// Shared state of a running node.
 pub struct Node {
     storage: Storage,
@@ -159,7 +162,7 @@ pub struct Node {
     limits: Limits,
     metrics: Metrics,
     /// Manifests read, with the ETag of their record (checked before each use).
-    manifests: Mutex<LruCache<CacheKey, (Arc<Manifest>, Option<String>)>>,
+    manifests: Mutex<LruCache<CacheKey, KnownManifest>>,
     loading: Mutex<HashMap<CacheKey, watch::Receiver<LoadProgress>>>,
 }
 
@@ -557,7 +560,7 @@ impl Node {
         let manifest = match known {
             Some((m, etag)) => match self.versions.current(&key.0, key.1, etag.as_deref()).await {
                 Ok(Current::Unchanged) => m,
-                Ok(Current::Changed(m, etag)) => self.remember(key.clone(), m, etag),
+                Ok(Current::Changed(m, etag)) => self.remember(key.clone(), *m, etag),
                 Ok(Current::Gone(why)) => {
                     self.evict(&key.0, Some(key.1));
                     return Err(Error::NotFound(why));

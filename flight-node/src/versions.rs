@@ -87,7 +87,7 @@ pub struct Tombstone {
 /// The record of a version number.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
-    Live(Manifest),
+    Live(Box<Manifest>),
     Deleted(Tombstone),
 }
 
@@ -100,7 +100,7 @@ impl Record {
         let format: Format = serde_json::from_slice(bytes)
             .map_err(|e| Error::Internal(format!("failed to decode a version record: {e}")))?;
         match format.format.as_str() {
-            MANIFEST_FORMAT => Manifest::from_json(bytes).map(Record::Live),
+            MANIFEST_FORMAT => Manifest::from_json(bytes).map(|m| Record::Live(Box::new(m))),
             TOMBSTONE_FORMAT => serde_json::from_slice(bytes)
                 .map(Record::Deleted)
                 .map_err(|e| Error::Internal(format!("failed to decode a tombstone: {e}"))),
@@ -131,7 +131,7 @@ pub enum Current {
     /// The record is the one the caller has (same ETag).
     Unchanged,
     /// The record changed (a renew): here is the new manifest and its ETag.
-    Changed(Manifest, Option<String>),
+    Changed(Box<Manifest>, Option<String>),
     /// The version was deleted (or never existed).
     Gone(String),
 }
@@ -184,7 +184,7 @@ impl Versions {
             Some(Tagged {
                 record: Record::Live(m),
                 etag,
-            }) => Ok((m, etag)),
+            }) => Ok((*m, etag)),
             Some(Tagged {
                 record: Record::Deleted(_),
                 ..
@@ -217,7 +217,7 @@ impl Versions {
             _ => {}
         }
         match self.read(id, version).await {
-            Ok((m, etag)) => Ok(Current::Changed(m, etag)),
+            Ok((m, etag)) => Ok(Current::Changed(Box::new(m), etag)),
             Err(Error::NotFound(why)) => Ok(Current::Gone(why)),
             Err(e) => Err(e),
         }
@@ -232,7 +232,7 @@ impl Versions {
                 ..
             }) = self.record(id, v).await?
             {
-                out.push(m);
+                out.push(*m);
             }
         }
         Ok(out)
@@ -251,7 +251,7 @@ impl Versions {
             }) = self.record(id, v).await?
             {
                 if !m.is_expired(now) {
-                    return Ok((m, etag));
+                    return Ok((*m, etag));
                 }
             }
         }
@@ -498,7 +498,7 @@ impl Versions {
                     self.remove_parts(id, &t.upload_id).await;
                     return Ok(false);
                 }
-                Record::Live(m) => m,
+                Record::Live(m) => *m,
             };
             let Some(etag) = etag else {
                 return Err(Error::Internal(format!(

@@ -31,7 +31,7 @@ pub fn compact_ttl(seconds: u64) -> Option<String> {
     ];
     units
         .iter()
-        .find(|(size, _)| seconds % size == 0)
+        .find(|(size, _)| seconds.is_multiple_of(*size))
         .map(|(size, unit)| format!("{}{unit}", seconds / size))
 }
 

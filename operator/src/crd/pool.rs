@@ -118,6 +118,11 @@ pub struct StorageSpec {
     /// Allow plain HTTP to the endpoint (MinIO without TLS).
     #[serde(default)]
     pub allow_http: bool,
+    /// Storage prefixes outside every namespace that datasets of any namespace in this pool
+    /// may load sources from, such as a shared landing area (`raw/`). Each namespace's own
+    /// prefix (`<namespace>/`) is always allowed; nothing else is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load_source_prefixes: Vec<String>,
 }
 
 /// A Secret in the pool's namespace with the storage access key pair.

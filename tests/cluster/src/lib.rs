@@ -418,6 +418,21 @@ pub async fn seed_version(
 }
 
 /// Every file below `dir`, recursively (relative paths, sorted).
+/// Objects of a dataset directory that still hold data: every file except the tombstones
+/// that deleted versions leave so that their numbers are never reused.
+pub fn data_left(dir: &Path) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|rel| {
+            let text = std::fs::read_to_string(dir.join(rel)).unwrap_or_default();
+            let format = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["format"].as_str().map(str::to_owned));
+            format.as_deref() != Some(flight_node::versions::TOMBSTONE_FORMAT)
+        })
+        .collect()
+}
+
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     fn walk(base: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
         let Ok(entries) = std::fs::read_dir(dir) else {

@@ -10,9 +10,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use cluster_tests::{
-    admin_client, assert_success, audit_events_of, client_from, control_plane, files_under,
-    kubectl, kubectl_stdin, poll, repo_root, seed_version, unique_namespace, wait_deleted,
-    wait_for, TIMEOUT,
+    admin_client, assert_success, audit_events_of, client_from, control_plane, data_left, kubectl,
+    kubectl_stdin, poll, repo_root, seed_version, unique_namespace, wait_deleted, wait_for,
+    TIMEOUT,
 };
 use flight_operator::controller::ControllerConfig;
 use flight_operator::crd::{ArrowDataset, DatasetPhase, FlightPool};
@@ -309,7 +309,7 @@ async fn chart_rbac_is_enough_for_the_operator() {
         )
         .await;
         wait_deleted(&datasets, "short", TIMEOUT).await;
-        let left = files_under(&store.path().join(&ns).join("short"));
+        let left = data_left(&store.path().join(&ns).join("short"));
         assert!(
             left.is_empty(),
             "objects of the expired dataset are left: {left:?}"
@@ -639,7 +639,7 @@ async fn operator_binary_runs_with_the_namespaced_chart_rbac() {
         )
         .await;
         wait_deleted(&datasets, "short", TIMEOUT).await;
-        assert!(files_under(&store.path().join(&ns).join("short")).is_empty());
+        assert!(data_left(&store.path().join(&ns).join("short")).is_empty());
         let (code, body) = http_get(&metrics, "/metrics").expect("GET /metrics");
         assert_eq!(code, 200);
         assert!(body.contains("flight_operator_reconciles"), "{body}");

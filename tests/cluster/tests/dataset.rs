@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cluster_tests::{
-    admin_client, control_plane, controller_config, files_under, kubectl, seed_version,
+    admin_client, control_plane, controller_config, data_left, files_under, kubectl, seed_version,
     unique_namespace, wait_deleted, wait_for, Operator, TIMEOUT,
 };
 use flight_operator::controller::node::FlightNodes;
@@ -292,7 +292,7 @@ async fn short_ttl_dataset_is_deleted_with_its_parquet_objects() {
 
     // Expiry deletes the resource; the finalizer removes the objects first.
     wait_deleted(&api, "short", TIMEOUT).await;
-    let left = files_under(&dataset_dir);
+    let left = data_left(&dataset_dir);
     assert!(
         left.is_empty(),
         "objects of the expired dataset are left: {left:?}"
@@ -370,7 +370,7 @@ async fn an_upload_is_discovered_and_deleting_it_removes_its_objects() {
     ]);
     cluster_tests::assert_success(&out, "kubectl delete arrowdataset");
     wait_deleted(&api, "orders", TIMEOUT).await;
-    let left = files_under(&store.path().join(&ns).join("orders"));
+    let left = data_left(&store.path().join(&ns).join("orders"));
     assert!(left.is_empty(), "objects left after delete: {left:?}");
     operator.stop().await;
 }

@@ -386,6 +386,12 @@ fn node_env(pool: &str, namespace: &str, spec: &FlightPoolSpec) -> Vec<EnvVar> {
     if storage.allow_http {
         env_vars.push(env("FLIGHT_STORAGE_ALLOW_HTTP", "true"));
     }
+    if !storage.load_source_prefixes.is_empty() {
+        env_vars.push(env(
+            "FLIGHT_LOAD_SOURCE_PREFIXES",
+            storage.load_source_prefixes.join(","),
+        ));
+    }
     if let Some(creds) = &storage.credentials_secret {
         env_vars.push(secret_env(
             "FLIGHT_STORAGE_ACCESS_KEY_ID",
