@@ -22,12 +22,21 @@ $(VENV)/.installed: tests/requirements.txt
 build:
 	$(CARGO) build --workspace --bins
 
-## test: everything: Rust unit + integration tests (S3 via moto_server), Python interop
+## test: everything: Rust unit + integration tests (S3 via moto_server and MinIO), Python
+## interop; MinIO (tests/minio/minio) is built from the Go module proxy (cached in
+## target/minio) and runs for the whole test run, its address exported as MINIO_*
+MINIO_TEST_STATE ?= $(abspath target/minio/test)
 test: venv build
-	MOTO_SERVER=$(abspath $(VENV))/bin/moto_server $(CARGO) test --workspace --exclude cluster-tests
-	FLIGHT_NODE_BIN=$(abspath target/debug/flight-node) $(VENV)/bin/python -m pytest -q tests/python
-	FLIGHT_NODE_BIN=$(abspath target/debug/flight-node) $(VENV)/bin/python -m pytest -q clients/python/tests
-	$(VENV)/bin/python -m pytest -q tests/chart
+	tests/minio/minio build
+	MINIO_STATE_DIR=$(MINIO_TEST_STATE) tests/minio/minio down
+	set -euo pipefail; export MINIO_STATE_DIR=$(MINIO_TEST_STATE); \
+	trap 'tests/minio/minio down' EXIT; \
+	tests/minio/minio up; \
+	set -a; source $(MINIO_TEST_STATE)/env; set +a; \
+	MOTO_SERVER=$(abspath $(VENV))/bin/moto_server $(CARGO) test --workspace --exclude cluster-tests; \
+	FLIGHT_NODE_BIN=$(abspath target/debug/flight-node) $(VENV)/bin/python -m pytest -q tests/python; \
+	FLIGHT_NODE_BIN=$(abspath target/debug/flight-node) $(VENV)/bin/python -m pytest -q clients/python/tests; \
+	$(VENV)/bin/python -m pytest -q tests/chart; \
 	$(MAKE) test-cluster
 
 ## test-cluster: the operator against a real kube-apiserver + etcd (tests/k8s/control-plane);

@@ -1,9 +1,12 @@
-//! Storage against a real S3-compatible server process (`moto_server`), as MinIO or S3
-//! would be used in a cluster: create-only manifest commits, parts, eviction and reload,
-//! deletion and concurrent uploads.
+//! Storage against real S3-compatible server processes, as MinIO or S3 would be used in a
+//! cluster: parts, manifests, eviction and reload, and deletion on `moto_server`; concurrent
+//! uploads through several nodes, which depend on create-only manifest commits being atomic,
+//! on MinIO (moto_server checks and then writes, without a lock, so two writers can both
+//! "create" one manifest).
 //!
-//! `make test` installs moto into `.venv` and points `MOTO_SERVER` at it. Without it this
-//! test fails with instructions rather than skipping.
+//! `make test` installs moto into `.venv` and points `MOTO_SERVER` at it, and starts MinIO
+//! (`tests/minio/minio up`) with its address in `MINIO_ENDPOINT` and friends. Without them
+//! these tests fail with instructions rather than skipping.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -18,6 +21,7 @@ use common::*;
 use flight_node::name::DatasetId;
 use flight_node::storage::{Storage, StorageConfig};
 use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
 
 struct Moto {
     child: Child,
@@ -99,6 +103,31 @@ fn s3_config(moto: &Moto, bucket: &str) -> StorageConfig {
     }
 }
 
+/// The manifests of a dataset as stored (`<ns>/<name>/v<n>.manifest.json`), by version.
+async fn stored_manifests(storage: &Storage, ns: &str, name: &str) -> Vec<serde_json::Value> {
+    let store = storage.object_store();
+    let prefix = object_store::path::Path::from_iter([ns, name]);
+    let mut paths: Vec<(u64, object_store::path::Path)> = store
+        .list(Some(&prefix))
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| {
+            let file = m.location.filename()?.to_string();
+            let v = file.strip_prefix('v')?.strip_suffix(".manifest.json")?;
+            Some((v.parse().ok()?, m.location))
+        })
+        .collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for (_, path) in paths {
+        let bytes = store.get(&path).await.unwrap().bytes().await.unwrap();
+        out.push(serde_json::from_slice(&bytes).unwrap());
+    }
+    out
+}
+
 #[tokio::test]
 async fn node_on_s3_round_trips_evicts_reloads_and_deletes() {
     let moto = start_moto("flight-data");
@@ -127,9 +156,9 @@ async fn node_on_s3_round_trips_evicts_reloads_and_deletes() {
     // The objects are in the bucket, under the prefix, in the documented layout.
     let storage = Storage::open(&cfg).unwrap();
     let id = DatasetId::new("analytics", "events").unwrap();
-    let manifests = storage.list_manifests(&id).await.unwrap();
+    let manifests = stored_manifests(&storage, "analytics", "events").await;
     assert_eq!(manifests.len(), 1);
-    assert!(manifests[0].parts.len() > 1);
+    assert!(manifests[0]["parts"].as_array().unwrap().len() > 1);
     let objects: Vec<_> = storage
         .object_store()
         .list(None)
@@ -199,55 +228,58 @@ async fn node_on_s3_round_trips_evicts_reloads_and_deletes() {
     node.stop().await;
 }
 
-#[tokio::test]
+/// Uploads through two nodes to one dataset at once: every upload gets its own version
+/// (create-only manifest commits on MinIO), and every version holds exactly its upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_create_only_commits_give_concurrent_uploads_distinct_versions() {
-    let moto = start_moto("race-bucket");
-    let cfg = s3_config(&moto, "race-bucket");
-    // Two nodes, one bucket: both allocate versions of the same dataset at once.
+    const UPLOADS: i64 = 16;
+    let target = minio();
     let mut nodes = Vec::new();
     for _ in 0..2 {
-        let cfg = cfg.clone();
-        nodes.push(
-            TestNode::start(move |c| {
-                c.storage_url = cfg.url;
-                c.storage_endpoint = cfg.endpoint;
-                c.storage_region = cfg.region;
-                c.storage_access_key_id = cfg.access_key_id;
-                c.storage_secret_access_key = cfg.secret_access_key;
-                c.allow_http = true;
-            })
-            .await,
-        );
+        nodes.push(TestNode::start(|c| target.configure(c)).await);
     }
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(UPLOADS as usize));
     let mut tasks = Vec::new();
-    for i in 0..8i64 {
+    for i in 0..UPLOADS {
         let mut c = nodes[(i % 2) as usize].client().await;
+        let barrier = std::sync::Arc::clone(&barrier);
         tasks.push(tokio::spawn(async move {
-            put(&mut c, descriptor("ns", "race"), vec![batch(i * 10, 10)])
+            barrier.wait().await;
+            let r = put(&mut c, descriptor("ns", "race"), vec![batch(i * 10, 10)])
                 .await
-                .unwrap()
+                .unwrap();
+            (i, r)
         }));
     }
     let mut versions = Vec::new();
     let mut reader = nodes[0].client().await;
     for t in tasks {
-        let r = t.await.unwrap();
+        let (i, r) = t.await.unwrap();
         let got = concat(
             &get(&mut reader, r["ticket"].as_str().unwrap())
                 .await
                 .unwrap(),
         );
-        let first = got
-            .column(0)
-            .as_any()
-            .downcast_ref::<arrow::array::Int64Array>()
-            .unwrap()
-            .value(0);
-        assert_eq!(got, batch(first, 10));
+        assert_eq!(got, batch(i * 10, 10), "upload {i} reads back different");
         versions.push(r["version"].as_u64().unwrap());
     }
     versions.sort_unstable();
-    assert_eq!(versions, (1..=8).collect::<Vec<u64>>());
+    assert_eq!(versions, (1..=UPLOADS as u64).collect::<Vec<u64>>());
+
+    // Storage agrees: one manifest per upload, each naming its own upload id.
+    let manifests = stored_manifests(&target.storage(), "ns", "race").await;
+    assert_eq!(manifests.len(), UPLOADS as usize);
+    let mut upload_ids: Vec<_> = manifests
+        .iter()
+        .map(|m| m["uploadId"].as_str().unwrap().to_string())
+        .collect();
+    upload_ids.sort();
+    upload_ids.dedup();
+    assert_eq!(
+        upload_ids.len(),
+        UPLOADS as usize,
+        "two versions share an upload"
+    );
     for n in nodes {
         n.stop().await;
     }

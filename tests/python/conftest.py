@@ -1,5 +1,6 @@
 """Fixtures for the pyarrow interop tests: a `node` factory that runs the real
-`flight-node` binary, and a `moto` fixture that runs an S3-compatible server process.
+`flight-node` binary, a `moto` fixture that runs an S3-compatible server process, and a
+`minio` fixture: a fresh prefix on the MinIO server `make test` starts.
 
 The binary is found through `FLIGHT_NODE_BIN` (the Makefile sets it), defaulting to
 `target/debug/flight-node` under the repository root.
@@ -228,6 +229,78 @@ def moto(moto_server, request):
     bucket = "flight-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
     s3.create_bucket(Bucket=bucket)
     return moto_server, bucket, s3
+
+
+MINIO_ENV_VARS = ("MINIO_ENDPOINT", "MINIO_BUCKET", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY")
+MINIO_REGION = "us-east-1"  # MinIO's default region
+
+
+@dataclass
+class MinioTarget:
+    """A fresh prefix in the bucket of the test MinIO server."""
+
+    endpoint: str  # http://127.0.0.1:PORT
+    bucket: str
+    prefix: str  # fresh per test, no leading or trailing "/"
+    s3: object  # a boto3 S3 client with the server's credentials
+    env: dict  # what a flight-node needs to reach it: AWS_ACCESS_KEY_ID, ...
+
+    @property
+    def storage_url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    @property
+    def host_port(self) -> str:
+        return self.endpoint.split("://", 1)[-1].rstrip("/")
+
+    def node_flags(self, endpoint: str | None = None) -> list[str]:
+        """flight-node flags for this server (or another endpoint in front of it)."""
+        return ["--storage-endpoint", endpoint or self.endpoint, "--allow-http"]
+
+    def keys(self, under: str = "") -> list[str]:
+        """Object keys under `<prefix>/<under>`, relative to the prefix, sorted."""
+        base = f"{self.prefix}/"
+        out = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base + under):
+            out += [o["Key"][len(base):] for o in page.get("Contents", [])]
+        return sorted(out)
+
+
+@pytest.fixture
+def minio(request) -> MinioTarget:
+    """The MinIO server `make test` starts (`tests/minio/minio up`), named by the
+    environment (MINIO_ENDPOINT, MINIO_BUCKET, MINIO_ACCESS_KEY, MINIO_SECRET_KEY), with a
+    prefix no other test uses. Fails with instructions when the environment is missing."""
+    import uuid
+
+    import boto3
+
+    missing = [k for k in MINIO_ENV_VARS if not os.environ.get(k)]
+    if missing:
+        pytest.fail(
+            f"{', '.join(missing)} not set: this test needs a real MinIO server. Run it with "
+            "`make test`, or start one with `tests/minio/minio up` and export its environment "
+            "with `set -a; . target/minio/state/env; set +a` before running pytest")
+    endpoint = os.environ["MINIO_ENDPOINT"].rstrip("/")
+    access, secret = os.environ["MINIO_ACCESS_KEY"], os.environ["MINIO_SECRET_KEY"]
+    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=access,
+                      aws_secret_access_key=secret, region_name=MINIO_REGION)
+    try:
+        s3.head_bucket(Bucket=os.environ["MINIO_BUCKET"])
+    except Exception as e:
+        pytest.fail(f"MinIO at MINIO_ENDPOINT={endpoint} does not answer for bucket "
+                    f"{os.environ['MINIO_BUCKET']} ({e}); is the server from "
+                    "`tests/minio/minio up` still running? (`tests/minio/minio status`)")
+    name = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    return MinioTarget(
+        endpoint=endpoint,
+        bucket=os.environ["MINIO_BUCKET"],
+        prefix=f"{name}-{uuid.uuid4().hex[:12]}",
+        s3=s3,
+        env={"AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret,
+             "AWS_REGION": MINIO_REGION},
+    )
 
 
 # ----- helpers shared by the test modules ---------------------------------------------------

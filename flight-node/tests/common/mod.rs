@@ -139,3 +139,128 @@ pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// The environment variables naming the MinIO server the tests run against; `make test`
+/// (through `tests/minio/minio up`) sets them.
+pub const MINIO_ENV: [&str; 4] = [
+    "MINIO_ENDPOINT",
+    "MINIO_BUCKET",
+    "MINIO_ACCESS_KEY",
+    "MINIO_SECRET_KEY",
+];
+
+/// MinIO's default region; object_store signs requests for it.
+pub const MINIO_REGION: &str = "us-east-1";
+
+/// A place in the test MinIO server that no other test uses: `s3://<bucket>/<prefix>` with a
+/// fresh random prefix.
+#[derive(Debug, Clone)]
+pub struct MinioTarget {
+    /// `http://127.0.0.1:<port>`, as in `MINIO_ENDPOINT`.
+    pub endpoint: String,
+    pub bucket: String,
+    /// Fresh for every `minio()` call, e.g. `test-01jz...`; no leading or trailing `/`.
+    pub prefix: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+/// The test MinIO server, with a fresh prefix. Panics with instructions when the
+/// environment does not name one: these tests never skip.
+pub fn minio() -> MinioTarget {
+    let missing: Vec<&str> = MINIO_ENV
+        .iter()
+        .copied()
+        .filter(|k| std::env::var(k).map(|v| v.is_empty()).unwrap_or(true))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} not set: this test needs a real MinIO server. Run it with `make test`, or start \
+         one with `tests/minio/minio up` and export its environment with \
+         `set -a; . target/minio/state/env; set +a` before `cargo test`",
+        missing.join(", ")
+    );
+    let var = |k: &str| std::env::var(k).unwrap();
+    let target = MinioTarget {
+        endpoint: var("MINIO_ENDPOINT").trim_end_matches('/').to_string(),
+        bucket: var("MINIO_BUCKET"),
+        prefix: format!("test-{}", ulid::Ulid::new().to_string().to_lowercase()),
+        access_key: var("MINIO_ACCESS_KEY"),
+        secret_key: var("MINIO_SECRET_KEY"),
+    };
+    let addr = target.host_port();
+    assert!(
+        std::net::TcpStream::connect(&addr).is_ok(),
+        "MINIO_ENDPOINT={} is set but nothing listens on {addr}; is the server from \
+         `tests/minio/minio up` still running? (`tests/minio/minio status`)",
+        target.endpoint
+    );
+    target
+}
+
+impl MinioTarget {
+    /// `host:port` of the server (where a TCP proxy in front of it connects to).
+    pub fn host_port(&self) -> String {
+        let rest = self
+            .endpoint
+            .split_once("://")
+            .map_or(self.endpoint.as_str(), |(_, r)| r);
+        rest.trim_end_matches('/').to_string()
+    }
+
+    /// `s3://<bucket>/<prefix>`.
+    pub fn url(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    /// Another fresh prefix in the same bucket.
+    pub fn fresh(&self) -> Self {
+        Self {
+            prefix: format!("test-{}", ulid::Ulid::new().to_string().to_lowercase()),
+            ..self.clone()
+        }
+    }
+
+    /// Storage settings for `s3://<bucket>/<prefix>` on the server.
+    pub fn storage_config(&self) -> flight_node::storage::StorageConfig {
+        self.storage_config_via(&self.endpoint)
+    }
+
+    /// The same bucket, prefix and credentials through another endpoint (a proxy in front
+    /// of MinIO): `http://host:port` or a bare `host:port`.
+    pub fn storage_config_via(&self, endpoint: &str) -> flight_node::storage::StorageConfig {
+        let endpoint = if endpoint.contains("://") {
+            endpoint.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{endpoint}")
+        };
+        flight_node::storage::StorageConfig {
+            url: self.url(),
+            endpoint: Some(endpoint),
+            region: Some(MINIO_REGION.to_string()),
+            access_key_id: Some(self.access_key.clone()),
+            secret_access_key: Some(self.secret_key.clone()),
+            allow_http: true,
+        }
+    }
+
+    /// The object store under the prefix, as a node opens it.
+    pub fn storage(&self) -> flight_node::storage::Storage {
+        flight_node::storage::Storage::open(&self.storage_config()).unwrap()
+    }
+
+    /// Points a node's flags at the prefix on the server (for `TestNode::start`).
+    pub fn configure(&self, config: &mut Config) {
+        use_storage(config, &self.storage_config());
+    }
+}
+
+/// Sets a node's storage flags from `storage`.
+pub fn use_storage(config: &mut Config, storage: &flight_node::storage::StorageConfig) {
+    config.storage_url = storage.url.clone();
+    config.storage_endpoint = storage.endpoint.clone();
+    config.storage_region = storage.region.clone();
+    config.storage_access_key_id = storage.access_key_id.clone();
+    config.storage_secret_access_key = storage.secret_access_key.clone();
+    config.allow_http = storage.allow_http;
+}
