@@ -201,14 +201,23 @@ async fn node_on_s3_round_trips_evicts_reloads_and_deletes() {
         concat(&batches)
     );
 
+    // A delete removes the parts and leaves a tombstone where the manifest was, so the
+    // version's number is never handed out again.
     assert_eq!(client.delete(&id, None).await.unwrap(), vec![1]);
     let left: Vec<_> = storage
         .object_store()
         .list(None)
+        .map_ok(|m| m.location.to_string())
         .try_collect()
         .await
         .unwrap();
-    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(left, vec!["analytics/events/v1.manifest.json"]);
+    let records = stored_manifests(&storage, "analytics", "events").await;
+    assert_eq!(
+        records[0]["format"],
+        flight_node::versions::TOMBSTONE_FORMAT,
+        "{records:?}"
+    );
     assert_eq!(
         get(&mut c, &ticket).await.unwrap_err().code(),
         tonic::Code::NotFound
