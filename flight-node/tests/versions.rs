@@ -13,167 +13,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
-use arrow_flight::encode::FlightDataEncoderBuilder;
-use arrow_flight::{Action, FlightClient};
+use common::check::{action, slow_put, ticket, Pool};
 use common::*;
-use flight_node::server::{start, RunningNode};
-use flight_node::storage::Storage;
-use flight_node::versions::Versions;
 use flight_node::Config;
-use futures::StreamExt;
-use tonic::transport::Channel;
 use tonic::Code;
-
-/// Nodes sharing one storage URL.
-pub struct Pool {
-    pub url: String,
-    nodes: Vec<RunningNode>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Pool {
-    pub async fn file(nodes: usize, tweak: impl Fn(&mut Config)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("file://{}", dir.path().display());
-        let mut pool = Self {
-            url,
-            nodes: Vec::new(),
-            _dir: Some(dir),
-        };
-        for _ in 0..nodes {
-            pool.add(&tweak).await;
-        }
-        pool
-    }
-
-    pub async fn add(&mut self, tweak: &impl Fn(&mut Config)) -> usize {
-        let mut config = Config::for_tests(&self.url);
-        tweak(&mut config);
-        self.nodes.push(start(config).await.unwrap());
-        self.nodes.len() - 1
-    }
-
-    pub async fn client(&self, node: usize) -> FlightClient {
-        let uri = format!("http://{}", self.nodes[node].grpc_addr);
-        FlightClient::new(Channel::from_shared(uri).unwrap().connect().await.unwrap())
-    }
-
-    pub fn versions(&self) -> Versions {
-        let storage = Storage::open(&flight_node::storage::StorageConfig {
-            url: self.url.clone(),
-            ..Default::default()
-        })
-        .unwrap();
-        Versions::new(storage)
-    }
-
-    pub async fn stop(self) {
-        for n in self.nodes {
-            n.shutdown().await.unwrap();
-        }
-    }
-}
-
-async fn action(
-    c: &mut FlightClient,
-    kind: &str,
-    body: serde_json::Value,
-) -> Result<serde_json::Value, tonic::Status> {
-    let mut s = c
-        .do_action(Action::new(kind, serde_json::to_vec(&body).unwrap()))
-        .await
-        .map_err(status)?;
-    let first = s.next().await.unwrap().map_err(status)?;
-    Ok(serde_json::from_slice(&first).unwrap())
-}
-
-/// An upload whose batches arrive one every `pause`.
-async fn slow_put(
-    c: &mut FlightClient,
-    ns: &str,
-    name: &str,
-    batches: Vec<RecordBatch>,
-    pause: Duration,
-) -> Result<serde_json::Value, tonic::Status> {
-    let slow = futures::stream::iter(batches).then(move |b| async move {
-        tokio::time::sleep(pause).await;
-        Ok(b)
-    });
-    let stream = FlightDataEncoderBuilder::new()
-        .with_schema(schema())
-        .with_flight_descriptor(Some(descriptor(ns, name)))
-        .build(slow);
-    let mut results = c.do_put(stream).await.map_err(status)?;
-    let first = results.next().await.expect("a PutResult").map_err(status)?;
-    Ok(serde_json::from_slice(&first.app_metadata).unwrap())
-}
-
-fn ticket(put: &serde_json::Value) -> String {
-    put["ticket"].as_str().unwrap().to_string()
-}
-
-/// The invariant checker. `acked` maps each acknowledged ticket to the table it was
-/// uploaded with; `deleted` lists tickets that were explicitly deleted; `unacked` holds the
-/// tables of uploads whose outcome the client never learnt (they may or may not exist). A fresh node on the
-/// same storage (nothing in memory) must read every acknowledged, undeleted ticket back
-/// identical (I1) and answer NOT_FOUND for deleted ones (I4); every live record must be one
-/// of the uploaded tables, each upload committed at most once (I2, I3).
-pub async fn check(
-    pool_url: &str,
-    tweak: impl Fn(&mut Config),
-    acked: &HashMap<String, RecordBatch>,
-    deleted: &[String],
-    unacked: &[RecordBatch],
-) {
-    let mut config = Config::for_tests(pool_url);
-    tweak(&mut config);
-    let fresh = start(config).await.unwrap();
-    let uri = format!("http://{}", fresh.grpc_addr);
-    let mut c = FlightClient::new(Channel::from_shared(uri).unwrap().connect().await.unwrap());
-    for (t, table) in acked {
-        if deleted.contains(t) {
-            continue;
-        }
-        let got = get(&mut c, t)
-            .await
-            .unwrap_or_else(|e| panic!("acknowledged {t} is unreadable: {e}"));
-        assert_eq!(&concat(&got), table, "{t} reads back a different table");
-    }
-    for t in deleted {
-        let err = get(&mut c, t).await.unwrap_err();
-        assert_eq!(err.code(), Code::NotFound, "deleted {t}: {err}");
-    }
-    // Every live record: readable, one of the tables sent, no upload committed twice.
-    let storage = Storage::open(&fresh_storage(pool_url)).unwrap();
-    let versions = Versions::new(storage);
-    let mut uploads = HashMap::new();
-    for id in versions.datasets(None).await.unwrap() {
-        for m in versions.live(&id).await.unwrap() {
-            let t = format!("ads1:{}/{}@{}", m.namespace, m.name, m.version);
-            if let Some(other) = uploads.insert(m.upload_id.clone(), t.clone()) {
-                panic!("upload {} committed twice: {other} and {t}", m.upload_id);
-            }
-            let got = concat(
-                &get(&mut c, &t)
-                    .await
-                    .unwrap_or_else(|e| panic!("live record {t} is unreadable: {e}")),
-            );
-            let known = acked.get(&t).map(|sent| *sent == got);
-            assert!(
-                known.unwrap_or_else(|| unacked.contains(&got)),
-                "{t} holds a table other than the one acknowledged for it, or one nobody uploaded"
-            );
-        }
-    }
-    fresh.shutdown().await.unwrap();
-}
-
-fn fresh_storage(url: &str) -> flight_node::storage::StorageConfig {
-    flight_node::storage::StorageConfig {
-        url: url.to_string(),
-        ..Default::default()
-    }
-}
 
 /// (I4) Upload through A, read through B (B now holds the manifest and the table), delete
 /// through A: B neither serves the version from memory nor brings it back with a renew.
@@ -216,7 +59,7 @@ async fn a_version_deleted_through_one_node_is_gone_on_every_node() {
         .map_err(status)
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    check(&pool.url, |_| {}, &HashMap::new(), &[t], &[]).await;
+    pool.check(&HashMap::new(), &[t], &[]).await;
     pool.stop().await;
 }
 
@@ -271,7 +114,7 @@ async fn renew_through_another_node_is_seen_and_cannot_race_a_delete() {
             );
         }
     }
-    check(&pool.url, |_| {}, &HashMap::new(), &[t], &[]).await;
+    pool.check(&HashMap::new(), &[t], &[]).await;
     pool.stop().await;
 }
 
@@ -326,7 +169,7 @@ async fn numbers_are_never_reused_after_deletes() {
     assert_eq!(p["version"], 4);
     acked.insert(ticket(&p), table);
     let deleted: Vec<String> = (1..=3).map(|v| format!("ads1:ns/ds@{v}")).collect();
-    check(&pool.url, |_| {}, &acked, &deleted, &[]).await;
+    pool.check(&acked, &deleted, &[]).await;
     pool.stop().await;
 }
 
@@ -362,7 +205,7 @@ async fn the_sweep_spares_uploads_in_flight() {
         "the sweep removed objects of a live upload"
     );
     let acked = HashMap::from([(ticket(&p), table)]);
-    check(&pool.url, tweak, &acked, &[], &[]).await;
+    pool.check(&acked, &[], &[]).await;
     pool.stop().await;
 }
 
@@ -393,7 +236,7 @@ async fn a_dataset_delete_spares_an_upload_in_flight() {
     let p = upload.await.unwrap().unwrap();
     assert_eq!(p["version"], 2);
     let acked = HashMap::from([(ticket(&p), table)]);
-    check(&pool.url, tweak, &acked, &[ticket(&first)], &[]).await;
+    pool.check(&acked, &[ticket(&first)], &[]).await;
     pool.stop().await;
 }
 
@@ -427,6 +270,6 @@ async fn a_client_that_gives_up_during_the_commit_leaves_storage_consistent() {
         !acked.is_empty() && !unacked.is_empty(),
         "no deadline hit the upload"
     );
-    check(&pool.url, tweak, &acked, &[], &unacked).await;
+    pool.check(&acked, &[], &unacked).await;
     pool.stop().await;
 }

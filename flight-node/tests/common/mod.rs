@@ -1,6 +1,8 @@
 //! Shared fixture: a node serving on loopback ports chosen by the OS, with a Flight client.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
+pub mod check;
+pub mod proxy;
 
 use std::sync::Arc;
 

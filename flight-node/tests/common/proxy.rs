@@ -144,6 +144,11 @@ impl FaultProxy {
         });
     }
 
+    /// Forgets every armed fault that has not fired yet.
+    pub fn disarm_all(&self) {
+        lock(&self.shared.rules).clear();
+    }
+
     /// How many armed faults have fired (counted when their request arrives).
     pub fn fired(&self) -> usize {
         self.shared.fired.load(Ordering::SeqCst)
