@@ -227,9 +227,9 @@ def test_delete_one_version_and_whole_dataset(node):
     assert info.total_records == 1
 
     r3 = put_table(c, ("analytics", "gone"), pa.table({"x": [7, 8, 9]}))
-    assert r3["version"] == 3 or r3["version"] == 2  # numbering after a delete is the node's choice
+    assert r3["version"] == 3  # a deleted version's number is never reused
     out = json.loads(n.action(c, "delete", {"namespace": "analytics", "name": "gone"})[0])
-    assert sorted(out["deleted"]) == sorted({1, r3["version"]})
+    assert sorted(out["deleted"]) == [1, 3]
     for r in (r1, r3):
         expect_flight_error(pa.ArrowKeyError, get_table, c, r["ticket"])
     expect_flight_error(pa.ArrowKeyError, c.get_flight_info,
@@ -239,8 +239,14 @@ def test_delete_one_version_and_whole_dataset(node):
     # Nothing left to delete is NOT_FOUND.
     expect_flight_error(pa.ArrowKeyError, n.action, c, "delete",
                         {"namespace": "analytics", "name": "gone"})
-    # The manifests are gone from storage too.
-    assert not list((n.storage_dir / "analytics" / "gone").glob("*.manifest.json"))
+    # In storage only the tombstones are left (they keep the numbers), and no parts.
+    records = sorted((n.storage_dir / "analytics" / "gone").glob("*.manifest.json"))
+    assert [p.name for p in records] == ["v1.manifest.json", "v2.manifest.json", "v3.manifest.json"]
+    assert all(json.loads(p.read_text())["format"] == "arrow.trinity.io/tombstone-v1"
+               for p in records)
+    assert not list((n.storage_dir / "analytics" / "gone").rglob("*.parquet"))
+    # The next upload goes on from there.
+    assert put_table(c, ("analytics", "gone"), pa.table({"x": [1]}))["version"] == 4
 
 
 def test_evict_then_reload_counts_a_miss(node):
@@ -281,14 +287,14 @@ def test_load_csv_and_parquet_from_storage(node):
     n = node()
     c = n.client()
     rows = [{"id": i, "city": f"c{i % 3}", "temp": i / 4} for i in range(50)]
-    src = n.storage_dir / "incoming"
-    src.mkdir()
+    src = n.storage_dir / "analytics" / "incoming"  # the namespace's own prefix
+    src.mkdir(parents=True)
     with open(src / "weather.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["id", "city", "temp"])
         w.writeheader()
         w.writerows(rows)
     res = json.loads(n.action(c, "load", {"namespace": "analytics", "name": "weather",
-                                          "source": "incoming/weather.csv"})[0])
+                                          "source": "analytics/incoming/weather.csv"})[0])
     assert res["version"] == 1 and res["rows"] == 50
     got = get_table(c, res["ticket"])
     assert got.column("id").to_pylist() == list(range(50))
@@ -298,13 +304,13 @@ def test_load_csv_and_parquet_from_storage(node):
     table = table_from_frame(many_dtypes_frame(100)).replace_schema_metadata(None)
     pq.write_table(table, src / "dtypes.parquet")
     res = json.loads(n.action(c, "load", {"namespace": "analytics", "name": "fromparquet",
-                                          "source": "incoming/dtypes.parquet", "ttl": "1h"})[0])
+                                          "source": "analytics/incoming/dtypes.parquet", "ttl": "1h"})[0])
     assert res["rows"] == 100 and "expiresAt" in res
     assert_same_table(get_table(c, res["ticket"]), table)
 
     # A missing source is NOT_FOUND; one outside the storage is refused.
     expect_flight_error(pa.ArrowKeyError, n.action, c, "load",
-                        {"namespace": "analytics", "name": "x", "source": "incoming/none.csv"})
+                        {"namespace": "analytics", "name": "x", "source": "analytics/incoming/none.csv"})
     expect_flight_error(pa.ArrowInvalid, n.action, c, "load",
                         {"namespace": "analytics", "name": "x", "source": "file:///etc/passwd"},
                         match="outside")
@@ -495,10 +501,10 @@ def test_load_parquet_written_by_pandas(node):
     n = node()
     c = n.client()
     df = pd.DataFrame({"id": [1, 2, 3], "name": ["a", "b", "c"]})
-    (n.storage_dir / "incoming").mkdir()
-    df.to_parquet(n.storage_dir / "incoming" / "frame.parquet")
+    (n.storage_dir / "analytics" / "incoming").mkdir(parents=True)
+    df.to_parquet(n.storage_dir / "analytics" / "incoming" / "frame.parquet")
     res = json.loads(n.action(c, "load", {"namespace": "analytics", "name": "frame",
-                                          "source": "incoming/frame.parquet"})[0])
+                                          "source": "analytics/incoming/frame.parquet"})[0])
     assert res["rows"] == 3
     pd.testing.assert_frame_equal(get_table(c, res["ticket"]).to_pandas(), df)
 

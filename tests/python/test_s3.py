@@ -71,15 +71,19 @@ def test_s3_upload_download_evict_reload(node, moto):
     status, raw, _ = http_request(f"{n.http}/v1/datasets/analytics/web", method="POST",
                                   data=b"a,b\n1,x\n2,y\n")
     assert status == 201, raw
-    s3.put_object(Bucket=bucket, Key="pool/incoming/data.csv", Body=b"k,v\n1,2\n3,4\n")
+    s3.put_object(Bucket=bucket, Key="pool/analytics/incoming/data.csv", Body=b"k,v\n1,2\n3,4\n")
     loaded = json.loads(n.action(c, "load", {"namespace": "analytics", "name": "loaded",
-                                             "source": "incoming/data.csv"})[0])
+                                             "source": "analytics/incoming/data.csv"})[0])
     assert get_table(c, loaded["ticket"]).to_pydict() == {"k": [1, 3], "v": [2, 4]}
 
-    # Delete removes the manifests from the bucket.
+    # Delete leaves only tombstones (they keep the numbers) and removes the parts.
     deleted = json.loads(n.action(c, "delete", {"namespace": "analytics", "name": "ons3"})[0])
     assert sorted(deleted["deleted"]) == [1, 2]
-    assert not [k for k in keys(s3, bucket, "pool/analytics/ons3/") if k.endswith(".json")]
+    left = keys(s3, bucket, "pool/analytics/ons3/")
+    assert left == ["pool/analytics/ons3/v1.manifest.json", "pool/analytics/ons3/v2.manifest.json"]
+    for k in left:
+        record = json.loads(s3.get_object(Bucket=bucket, Key=k)["Body"].read())
+        assert record["format"] == "arrow.trinity.io/tombstone-v1"
     expect_flight_error(pa.ArrowKeyError, get_table, c, res["ticket"])
 
 
