@@ -129,16 +129,19 @@ pub fn restore(batch: RecordBatch, recorded: &HashMap<usize, ArrayRef>) -> Resul
             .iter()
             .map(|row| position.get(&row).copied())
             .collect();
-        if mapping.null_count() > 0 {
-            return Err(Error::Internal(format!(
-                "column {i} holds a value missing from its recorded dictionary"
-            )));
-        }
         let DataType::Dictionary(key_type, _) = col.data_type() else {
             continue;
         };
         let mapping = cast(&mapping, key_type)?;
         let keys = take(mapping.as_ref(), dict.keys(), None)?;
+        // Only values that rows reference must be in the recorded dictionary: the reader
+        // may decode a dictionary with values no row uses (for a column whose rows are all
+        // null, a placeholder), and those map to nothing.
+        if keys.null_count() != dict.keys().null_count() {
+            return Err(Error::Internal(format!(
+                "column {i} holds a value missing from its recorded dictionary"
+            )));
+        }
         let keys = keys.to_data();
         let data = ArrayData::builder(col.data_type().clone())
             .len(keys.len())
@@ -155,6 +158,45 @@ pub fn restore(batch: RecordBatch, recorded: &HashMap<usize, ArrayRef>) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes `batch` through Parquet with its dictionaries recorded, reads it back and
+    /// restores them.
+    fn round_trip(batch: &RecordBatch) -> RecordBatch {
+        let props = WriterProperties::builder()
+            .set_key_value_metadata(Some(capture(batch).unwrap()))
+            .build();
+        let mut buf = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props)).unwrap();
+        w.write(batch).unwrap();
+        w.close().unwrap();
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(buf)).unwrap();
+        let rec = recorded(builder.metadata().file_metadata().key_value_metadata()).unwrap();
+        let read = builder.build().unwrap().next().unwrap().unwrap();
+        restore(read, &rec).unwrap()
+    }
+
+    /// A categorical whose rows are all missing (pandas: `pd.Categorical([None, None],
+    /// categories=["a", "b"])`), and one with categories no row uses.
+    #[test]
+    fn all_null_and_unreferenced_categories_survive_parquet() {
+        let values = Arc::new(StringArray::from(vec!["a", "b"]));
+        for keys in [
+            arrow::array::Int8Array::from(vec![None, None, None]),
+            arrow::array::Int8Array::from(vec![Some(1), None, Some(1)]),
+        ] {
+            let dict = DictionaryArray::<Int8Type>::try_new(keys, values.clone()).unwrap();
+            let schema = Arc::new(Schema::new(vec![Field::new(
+                "c",
+                dict.data_type().clone(),
+                true,
+            )]));
+            let batch = RecordBatch::try_new(schema, vec![Arc::new(dict)]).unwrap();
+            let back = round_trip(&batch);
+            let d = back.column(0).as_dictionary::<Int8Type>();
+            assert_eq!(d.values().to_data(), values.to_data());
+            assert_eq!(back, batch);
+        }
+    }
     use arrow::array::{DictionaryArray, StringArray};
     use arrow::datatypes::Int8Type;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;

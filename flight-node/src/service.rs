@@ -63,7 +63,8 @@ pub const ACTIONS: &[(&str, &str)] = &[
     ("preload", "Load a version (the newest by default) into this node's memory ahead of its first read. Body: JSON {\"namespace\", \"name\", \"version\"?}. Result: JSON {\"version\", \"cached\"}."),
     ("load", "Ingest a CSV or Parquet object from the node's storage (under the namespace's own prefix, or a shared prefix the node allows) as a new version. Body: JSON {\"namespace\", \"name\", \"source\", \"format\"?, \"ttl\"?, \"contract\"?, \"delimiter\"?}. Result: the PutResult JSON."),
     ("renew", "Extend a version's TTL lease. Body: JSON {\"ticket\", \"ttl\"}. Result: the PutResult JSON with the new expiresAt."),
-    ("RenewFlightEndpoint", "Standard Flight lease renewal. Body: RenewFlightEndpointRequest (protobuf) whose endpoint carries the ticket and the wanted expiration_time. Result: the renewed FlightEndpoint (protobuf)."),
+    ("RenewFlightEndpoint", "Standard Flight lease renewal. Body: RenewFlightEndpointRequest (protobuf) whose endpoint carries the ticket; a later expiration_time sets it, the endpoint as returned extends the lease by the version's TTL. Result: the renewed FlightEndpoint (protobuf)."),
+    ("CancelFlightInfo", "Standard Flight cancellation. Datasets are complete and immutable, so the answer is always CANCEL_STATUS_NOT_CANCELLABLE. Result: CancelFlightInfoResult (protobuf)."),
 ];
 
 /// `FlightService` over a [`Node`].
@@ -249,7 +250,19 @@ impl FlightNodeService {
                 futures::future::ready(Some(item))
             })
             .map(|r| r.map_err(|s| FlightError::Tonic(Box::new(s))));
-        let mut decoder = FlightDataDecoder::new(limited);
+        // The decoder is the one place client bytes become Arrow arrays. A panic inside it
+        // (arrow's IPC reader trusts some lengths) becomes INVALID_ARGUMENT and ends the
+        // upload, rather than a cancelled call; nothing is committed.
+        let mut decoder = std::panic::AssertUnwindSafe(FlightDataDecoder::new(limited))
+            .catch_unwind()
+            .map(|r| match r {
+                Ok(item) => item,
+                Err(panic) => Err(FlightError::DecodeError(format!(
+                    "the IPC message could not be decoded ({})",
+                    crate::error::panic_message(&panic)
+                ))),
+            })
+            .take_while_inclusive_ok();
         let schema = loop {
             match decoder.next().await {
                 Some(Ok(d)) => match d.payload {
@@ -266,7 +279,9 @@ impl FlightNodeService {
         let batches = decoder.filter_map(|r| {
             futures::future::ready(match r {
                 Ok(d) => match d.payload {
-                    DecodedPayload::RecordBatch(b) => Some(Ok(b)),
+                    // Full validation (offsets, UTF-8, dictionary keys in range): an array
+                    // that lies about its buffers is refused here, before anything reads it.
+                    DecodedPayload::RecordBatch(b) => Some(validate(b)),
                     DecodedPayload::None => None,
                     DecodedPayload::Schema(_) => Some(Err(Error::invalid(
                         "the schema changed mid-stream; one upload has one schema",
@@ -317,7 +332,9 @@ impl FlightNodeService {
                 let id = DatasetId::new(r.namespace.as_str(), r.name.as_str())?;
                 principal.check(id.namespace())?;
                 let (m, cached) = self.node.preload(&id, r.version).await?;
-                Ok(vec![to_json(&serde_json::json!({ "version": m.version, "cached": cached }))?])
+                Ok(vec![to_json(
+                    &serde_json::json!({ "version": m.version, "cached": cached }),
+                )?])
             }
             "load" => {
                 let r: LoadRequest = json_body("load", body)?;
@@ -342,8 +359,9 @@ impl FlightNodeService {
                 Ok(vec![to_json(&m.put_result(self.node.signer())?)?])
             }
             "RenewFlightEndpoint" => {
-                let req = RenewFlightEndpointRequest::decode(body.as_ref())
-                    .map_err(|e| Error::invalid(format!("invalid RenewFlightEndpointRequest: {e}")))?;
+                let req = RenewFlightEndpointRequest::decode(body.as_ref()).map_err(|e| {
+                    Error::invalid(format!("invalid RenewFlightEndpointRequest: {e}"))
+                })?;
                 let mut endpoint = req
                     .endpoint
                     .ok_or_else(|| Error::invalid("RenewFlightEndpointRequest has no endpoint"))?;
@@ -353,21 +371,68 @@ impl FlightNodeService {
                     .ok_or_else(|| Error::invalid("the endpoint to renew has no ticket"))?;
                 let ticket = Ticket::decode(&raw.ticket, self.node.signer())?;
                 principal.check(ticket.dataset.namespace())?;
-                let until = endpoint
-                    .expiration_time
-                    .as_ref()
-                    .and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
-                    .ok_or_else(|| Error::invalid("the endpoint to renew needs the wanted expiration_time"))?;
+                let wanted = endpoint.expiration_time.as_ref().and_then(|t| {
+                    DateTime::<Utc>::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+                });
+                let current = self.node.resolve(&ticket).await?;
+                // An explicit later expiration time sets it; the endpoint as GetFlightInfo
+                // returned it (or an earlier time) extends the lease by the version's TTL.
+                let until =
+                    match (wanted, current.expires_at, current.ttl_seconds) {
+                        (Some(w), Some(now), _) if w > now => w,
+                        (Some(w), None, _) => w,
+                        (_, Some(_), Some(ttl)) => {
+                            crate::ttl::expires_at(Utc::now(), std::time::Duration::from_secs(ttl))
+                                .ok_or_else(|| Error::invalid("the TTL is too long"))?
+                        }
+                        (None, None, _) => {
+                            // Never expires: nothing to renew.
+                            endpoint.expiration_time = None;
+                            return Ok(vec![Bytes::from(endpoint.encode_to_vec())]);
+                        }
+                        (_, Some(_), None) => return Err(Error::invalid(
+                            "this version has no TTL to extend by; give a later expiration_time",
+                        )),
+                    };
                 let m = self.node.renew(&ticket, until).await?;
                 endpoint.expiration_time = m.expires_at.map(timestamp);
                 Ok(vec![Bytes::from(endpoint.encode_to_vec())])
             }
-            "CancelFlightInfo" => Err(Error::Unimplemented(
-                "CancelFlightInfo is not supported: flights here are complete datasets, never long-running queries".into(),
-            )),
+            // Flights here are complete, immutable datasets: there is never anything to cancel.
+            "CancelFlightInfo" => {
+                let req = arrow_flight::CancelFlightInfoRequest::decode(body.as_ref())
+                    .map_err(|e| Error::invalid(format!("invalid CancelFlightInfoRequest: {e}")))?;
+                let info = req
+                    .info
+                    .ok_or_else(|| Error::invalid("CancelFlightInfoRequest has no FlightInfo"))?;
+                let namespace = match (&info.flight_descriptor, info.endpoint.first()) {
+                    (Some(d), _) => Self::descriptor_id(d)?.namespace().to_string(),
+                    (
+                        None,
+                        Some(FlightEndpoint {
+                            ticket: Some(t), ..
+                        }),
+                    ) => Ticket::decode(&t.ticket, self.node.signer())?
+                        .dataset
+                        .namespace()
+                        .to_string(),
+                    _ => return Err(Error::invalid("the FlightInfo to cancel names no dataset")),
+                };
+                principal.check(&namespace)?;
+                Ok(vec![Bytes::from(
+                    arrow_flight::CancelFlightInfoResult::new(
+                        arrow_flight::CancelStatus::NotCancellable,
+                    )
+                    .encode_to_vec(),
+                )])
+            }
             other => Err(Error::invalid(format!(
                 "unknown action {other:?}; ListActions lists: {}",
-                ACTIONS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                ACTIONS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))),
         }
     }
@@ -410,6 +475,41 @@ impl FlightNodeService {
             resp.metadata_mut().insert("authorization", v);
         }
         Ok(resp)
+    }
+}
+
+/// Checks every column of a batch a client sent against its declared layout and values.
+fn validate(batch: arrow::array::RecordBatch) -> Result<arrow::array::RecordBatch> {
+    for (i, c) in batch.columns().iter().enumerate() {
+        c.to_data().validate_full().map_err(|e| {
+            Error::invalid(format!(
+                "malformed Arrow data in column {i} ({:?}): {e}",
+                batch.schema().field(i).name()
+            ))
+        })?;
+    }
+    Ok(batch)
+}
+
+/// Ends a stream after its first error (a decoder that panicked is not polled again).
+trait TakeWhileOk: Stream + Sized {
+    fn take_while_inclusive_ok(self) -> futures::stream::BoxStream<'static, Self::Item>;
+}
+
+impl<S, T, E> TakeWhileOk for S
+where
+    S: Stream<Item = std::result::Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    fn take_while_inclusive_ok(self) -> futures::stream::BoxStream<'static, Self::Item> {
+        let mut failed = false;
+        self.take_while(move |r| {
+            let go = !failed;
+            failed = failed || r.is_err();
+            futures::future::ready(go)
+        })
+        .boxed()
     }
 }
 
@@ -537,15 +637,16 @@ impl FlightService for FlightNodeService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<PollInfo>, Status> {
-        if let Err(e) = self.principal(request.metadata()) {
-            return self.finish("PollFlightInfo", Err(e));
-        }
-        self.finish(
-            "PollFlightInfo",
-            Err(Error::Unimplemented(
-                "PollFlightInfo is not supported: datasets are complete when uploaded; use GetFlightInfo".into(),
-            )),
-        )
+        // A dataset is complete once uploaded: the poll is answered as finished, with the
+        // same FlightInfo as GetFlightInfo and no descriptor to poll again.
+        let r = match self.get_flight_info_inner(request).await {
+            Ok(info) => PollInfo::new()
+                .with_info(info)
+                .try_with_progress(1.0)
+                .map_err(Error::from),
+            Err(e) => Err(e),
+        };
+        self.finish("PollFlightInfo", r)
     }
 
     async fn get_schema(

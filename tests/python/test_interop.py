@@ -343,10 +343,31 @@ def test_renew_extends_the_lease(node):
         n.action(c, "RenewFlightEndpoint", renew_request(endpoint))[0])
     assert abs(got.expiration_time.value / 1e9 - want.timestamp()) < 1.0
 
+    # The endpoint exactly as GetFlightInfo returned it extends the lease by the version's
+    # TTL (1h), here from a lease shortened to 30 minutes.
+    n.action(c, "renew", {"ticket": res["ticket"], "ttl": "30m"})
+    ep = c.get_flight_info(flight.FlightDescriptor.for_path("analytics", "lease")).endpoints[0]
+    got = flight.FlightEndpoint.deserialize(
+        n.action(c, "RenewFlightEndpoint", renew_request(ep))[0])
+    expected = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    assert abs(got.expiration_time.value / 1e9 - expected.timestamp()) < 5.0
+
     expect_flight_error(pa.ArrowInvalid, n.action, c, "renew",
                         {"ticket": res["ticket"], "ttl": "soon"})
     expect_flight_error(pa.ArrowKeyError, n.action, c, "renew",
                         {"ticket": "ads1:analytics/lease@9", "ttl": "1h"})
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
 
 
 def renew_request(endpoint: flight.FlightEndpoint) -> bytes:
@@ -468,11 +489,17 @@ def test_multi_part_parallel_download(node):
     assert pa.concat_tables(parts).combine_chunks().equals(table.combine_chunks())
 
 
-def test_unused_methods_answer_unimplemented(node):
+def test_unused_methods_answer_as_the_spec_says_for_complete_datasets(node):
     n = node()
     c = n.client()
-    expect_flight_error(pa.ArrowNotImplementedError, n.action, c, "CancelFlightInfo", b"",
-                        match="not supported")
+    put_table(c, ("analytics", "done"), pa.table({"x": [1]}))
+    info = c.get_flight_info(flight.FlightDescriptor.for_path("analytics", "done"))
+    # CancelFlightInfoRequest{info = 1} -> CancelFlightInfoResult{status = NOT_CANCELLABLE (3)}.
+    body = info.serialize()
+    request = bytes([0x0A]) + varint(len(body)) + body
+    assert n.action(c, "CancelFlightInfo", request) == [bytes([0x08, 3])]
+    expect_flight_error(pa.ArrowInvalid, n.action, c, "CancelFlightInfo", b"",
+                        match="no FlightInfo")
     writer, reader = c.do_exchange(flight.FlightDescriptor.for_path("x"))
     with pytest.raises(pa.ArrowNotImplementedError, match="DoExchange"):
         writer.begin(pa.schema([("a", pa.int64())]))

@@ -38,6 +38,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -215,6 +216,34 @@ def _varint(n: int) -> bytes:
 def pb_message_field(number: int, payload: bytes) -> bytes:
     """One length-delimited protobuf field."""
     return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+
+
+def pb_fields(message: bytes) -> dict[int, bytes | int]:
+    """The top-level fields of a protobuf message: length-delimited ones as bytes, varints
+    as ints (the last occurrence wins)."""
+    def varint(pos):
+        value = shift = 0
+        while True:
+            b = message[pos]
+            pos += 1
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return value, pos
+    out, pos = {}, 0
+    while pos < len(message):
+        key, pos = varint(pos)
+        number, kind = key >> 3, key & 7
+        if kind == 2:
+            length, pos = varint(pos)
+            out[number], pos = message[pos:pos + length], pos + length
+        elif kind == 0:
+            out[number], pos = varint(pos)
+        elif kind == 1:
+            out[number], pos = message[pos:pos + 8], pos + 8
+        else:
+            raise ValueError(f"unexpected protobuf wire type {kind}")
+    return out
 
 
 def renew_endpoint_request(ticket: str) -> bytes:
@@ -460,6 +489,20 @@ def check_secret_info(w, caller, info):
     assert paths_of([info]) == {("beta", SECRET_NAME)}
 
 
+def check_poll_complete(w, caller, answer: bytes):
+    """A completed PollInfo: the FlightInfo (field 1), no descriptor to poll again (field 2),
+    progress 1.0 (field 3)."""
+    fields = pb_fields(answer)
+    check_secret_info(w, caller, flight.FlightInfo.deserialize(fields[1]))
+    assert 2 not in fields
+    assert struct.unpack("<d", fields[3])[0] == 1.0
+
+
+def check_not_cancellable(w, caller, results):
+    # CancelFlightInfoResult{status = 1}: CANCEL_STATUS_NOT_CANCELLABLE is 3.
+    assert pb_fields(results[0]) == {1: 3}, results
+
+
 def check_secret_schema(w, caller, result):
     assert result.schema.equals(SECRET.schema), result.schema
 
@@ -491,7 +534,7 @@ GRPC_CASES = [
          ABOUT_BETA, check_secret_info),
     Case("PollFlightInfo",
          lambda w, c: w.raw_unary("PollFlightInfo", SECRET_DESCRIPTOR.serialize(), c),
-         NOT_OFFERED),
+         ABOUT_BETA, check_poll_complete),
     Case("GetSchema",
          lambda w, c: w.client.get_schema(SECRET_DESCRIPTOR, options=call_options(c)),
          ABOUT_BETA, check_secret_schema),
@@ -578,7 +621,7 @@ ACTION_CASES = [
          ABOUT_BETA, check_endpoint_renewed),
     Case("CancelFlightInfo",
          lambda w, c: w.action(c, "CancelFlightInfo", pb_message_field(1, w.secret_info)),
-         NOT_OFFERED),
+         ABOUT_BETA, check_not_cancellable),
     Case("unknown action",
          lambda w, c: w.action(c, "no-such-action", {"namespace": "beta", "name": SECRET_NAME}),
          codes(UNAUTHENTICATED, UNAUTHENTICATED, (INVALID_ARGUMENT, PERMISSION_DENIED),
