@@ -1,8 +1,12 @@
 // Command smoke is the test cluster's smoke check, run as a pod by `tests/k8s/cluster up`:
 // it resolves the API server's Service name through the cluster DNS, calls the API through
 // that Service's ClusterIP with the pod's service-account token, and prints what it saw.
-// Any failure exits non-zero with the reason on stderr. With --wait it then stays up until
-// SIGTERM, so that `kubectl logs` and `kubectl exec` can be tried on it.
+// Any failure exits non-zero with the reason on stderr.
+//
+//	smoke           the checks above
+//	smoke --serve   the checks, then serve HTTP on :8080 ("ok POD-NAME") until SIGTERM, so that
+//	                logs, exec, probes and Services can be tried on the pod
+//	smoke --get URL GET URL and print the answer (for kubectl exec)
 package main
 
 import (
@@ -34,6 +38,14 @@ func fail(format string, args ...any) {
 }
 
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == "--get" {
+		get(os.Args[2])
+		return
+	}
+	serve := len(os.Args) == 2 && os.Args[1] == "--serve"
+	if len(os.Args) > 1 && !serve {
+		fail("usage: smoke [--serve | --get URL]")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
@@ -117,9 +129,38 @@ func main() {
 	fmt.Printf("api: authenticated as %s\n", who.Status.UserInfo.Username)
 	fmt.Println("smoke: ok")
 
-	if len(os.Args) > 1 && os.Args[1] == "--wait" {
+	if serve {
+		listener, err := net.Listen("tcp", ":8080")
+		if err != nil {
+			fail("listening on :8080: %v", err)
+		}
+		hostname, _ := os.Hostname()
+		go http.Serve(listener, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "ok %s\n", hostname)
+		}))
+		fmt.Println("smoke: serving on :8080")
 		stop := make(chan os.Signal, 1)
 		signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
 		<-stop
 	}
+}
+
+func get(url string) {
+	client := &http.Client{Timeout: 20 * time.Second}
+	var err error
+	for attempt := 1; attempt <= 10; attempt++ {
+		var resp *http.Response
+		resp, err = client.Get(url)
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				fail("GET %s: %s: %s", url, resp.Status, body)
+			}
+			fmt.Printf("GET %s -> %s", url, body)
+			return
+		}
+		time.Sleep(time.Second)
+	}
+	fail("GET %s: %v", url, err)
 }
