@@ -126,15 +126,17 @@ def images(env: Dict[str, str]) -> Dict[str, Image]:
 
 
 @pytest.fixture(scope="module")
-def rootfs(images: Dict[str, Image], tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
-    """Each image's layers unpacked in order (no whiteouts: the layers only add)."""
-    out = {}
-    for name, image in images.items():
-        root = tmp_path_factory.mktemp(f"rootfs-{name}")
-        for layer in image.layers():
-            layer.extractall(root, filter="fully_trusted")
-        out[name] = root
-    return out
+def rootfs(images: Dict[str, Image]) -> Iterator[Dict[str, Path]]:
+    """Each image's layers unpacked in order (no whiteouts: the layers only add); removed
+    afterwards (hundreds of MB)."""
+    with tempfile.TemporaryDirectory(prefix="flight-rootfs-") as tmp:
+        out = {}
+        for name, image in images.items():
+            root = Path(tmp) / name
+            for layer in image.layers():
+                layer.extractall(root, filter="fully_trusted")
+            out[name] = root
+        yield out
 
 
 def _chart_defaults() -> Dict[str, str]:
