@@ -120,6 +120,11 @@ pub struct Config {
     )]
     pub load_source_prefixes: Vec<String>,
 
+    /// An upload (DoPut or HTTP CSV) that sends nothing for this long is abandoned: refused
+    /// with DEADLINE_EXCEEDED, nothing stored.
+    #[arg(long, env = "FLIGHT_UPLOAD_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub upload_idle_timeout: Duration,
+
     /// Log format: text or json.
     #[arg(long, env = "FLIGHT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

@@ -36,6 +36,10 @@ pub enum Error {
     #[error("{0}")]
     Unimplemented(String),
 
+    /// A client stopped sending in the middle of a call for longer than allowed.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+
     /// A concurrent writer won a race the caller can retry.
     #[error("{0}")]
     Aborted(String),
@@ -122,6 +126,7 @@ impl Error {
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::Aborted(_) => Code::Aborted,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Storage { source, .. } => match source {
                 object_store::Error::NotFound { .. } => Code::NotFound,
                 _ => Code::Unavailable,
@@ -141,6 +146,7 @@ impl Error {
             Code::PermissionDenied => 403,
             Code::NotFound => 404,
             Code::Aborted => 409,
+            Code::DeadlineExceeded => 408,
             Code::ResourceExhausted => 413,
             Code::Unimplemented => 501,
             Code::Unavailable => 503,
@@ -160,6 +166,7 @@ impl Error {
             )),
             Code::ResourceExhausted => Error::ResourceExhausted(msg),
             Code::InvalidArgument => Error::InvalidArgument(msg),
+            Code::DeadlineExceeded => Error::DeadlineExceeded(msg),
             Code::Cancelled | Code::Aborted => {
                 Error::Aborted(format!("upload cancelled by the client: {msg}"))
             }

@@ -137,7 +137,19 @@ async fn upload(
         contract,
         source: "http".into(),
     };
-    let stream = body.into_data_stream();
+    let stream = crate::cancel::idle_timeout(
+        body.into_data_stream(),
+        s.node.limits().upload_idle_timeout,
+        |d| {
+            axum::Error::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the upload sent nothing for {}s; it is abandoned (--upload-idle-timeout)",
+                    d.as_secs_f64()
+                ),
+            ))
+        },
+    );
     let result = s.node.put_csv(id, opts, delimiter as u8, stream).await;
     s.node.metrics().record_request(
         "HttpUpload",

@@ -54,6 +54,8 @@ pub struct Limits {
     /// Storage prefixes outside every namespace that `load` may read (shared areas the
     /// platform team allows); each namespace's own prefix is always allowed.
     pub load_source_prefixes: Vec<String>,
+    /// How long an upload may send nothing before it is abandoned.
+    pub upload_idle_timeout: Duration,
 }
 
 impl Limits {
@@ -66,6 +68,7 @@ impl Limits {
             default_ttl: c.default_ttl,
             orphan_grace: c.orphan_grace,
             load_source_prefixes: c.load_source_prefixes.clone(),
+            upload_idle_timeout: c.upload_idle_timeout,
         }
     }
 
@@ -1284,6 +1287,7 @@ mod tests {
             default_ttl: None,
             orphan_grace: Duration::from_secs(3600),
             load_source_prefixes: Vec::new(),
+            upload_idle_timeout: Duration::from_secs(60),
         };
         let placement = Placement::new(None, None).unwrap();
         Arc::new(Node::new(

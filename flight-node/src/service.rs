@@ -206,10 +206,18 @@ impl FlightNodeService {
             None => None,
         };
         let contract = header(req.metadata(), CONTRACT_HEADER)?;
-        let mut inbound = req.into_inner();
+        let idle = self.node.limits().upload_idle_timeout;
+        let mut inbound = crate::cancel::idle_timeout(req.into_inner(), idle, |d| {
+            Status::deadline_exceeded(format!(
+                "the upload sent nothing for {}s; it is abandoned and nothing was stored \
+                     (--upload-idle-timeout)",
+                d.as_secs_f64()
+            ))
+        });
         let first = inbound
-            .message()
+            .next()
             .await
+            .transpose()
             .map_err(Error::from_inbound)?
             .ok_or_else(|| {
                 Error::invalid("empty DoPut stream: expected a schema message with a descriptor")
@@ -679,11 +687,22 @@ impl FlightService for FlightNodeService {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> std::result::Result<Response<Self::DoPutStream>, Status> {
-        let r = self
-            .do_put_inner(request)
-            .await
-            .map(|p| stream::iter([Ok(p)]).boxed() as Self::DoPutStream);
-        self.finish("DoPut", r)
+        // The token is checked before answering, so a refused caller learns it at once. The
+        // response headers then go out immediately, before the upload is read: clients that
+        // wait for the call to be established before they stream (arrow-rs's FlightClient
+        // with a bounded channel) would otherwise wait for ever. The PutResult follows once
+        // the version is committed; a failure arrives as the call's status.
+        if let Err(e) = self.principal(request.metadata()) {
+            return self.finish("DoPut", Err(e));
+        }
+        let this = self.clone();
+        let answer = stream::once(async move {
+            let r = this.do_put_inner(request).await;
+            let code = r.as_ref().map_or_else(Error::code, |_| tonic::Code::Ok);
+            this.node.metrics().record_request("DoPut", code);
+            r.map_err(Status::from)
+        });
+        Ok(Response::new(answer.boxed()))
     }
 
     async fn do_exchange(

@@ -317,6 +317,7 @@ mod tests {
             default_ttl: None,
             orphan_grace: std::time::Duration::from_secs(3600),
             load_source_prefixes: Vec::new(),
+            upload_idle_timeout: std::time::Duration::from_secs(60),
         };
         let placement = Placement::new(None, None).unwrap();
         let node = Arc::new(Node::new(
@@ -448,6 +449,7 @@ mod tests {
             default_ttl: None,
             orphan_grace: std::time::Duration::from_secs(3600),
             load_source_prefixes: Vec::new(),
+            upload_idle_timeout: std::time::Duration::from_secs(60),
         };
         let node = Arc::new(Node::new(
             Storage::in_memory(),

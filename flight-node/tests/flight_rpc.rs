@@ -474,12 +474,11 @@ async fn bad_tickets_and_names_get_clear_codes_and_the_node_keeps_serving() {
         .err()
         .map(status);
     assert_eq!(err.map(|e| e.code()), Some(Code::Unimplemented));
-    let err = c
-        .poll_flight_info(descriptor("ns", "ds"))
-        .await
-        .err()
-        .map(status);
-    assert_eq!(err.map(|e| e.code()), Some(Code::Unimplemented));
+    // A dataset is complete once uploaded: the poll answers at once, finished.
+    let poll = c.poll_flight_info(descriptor("ns", "ds")).await.unwrap();
+    assert_eq!(poll.progress, Some(1.0));
+    assert!(poll.flight_descriptor.is_none());
+    assert_eq!(poll.info.unwrap().total_records, 10);
 
     // Still serving.
     assert_eq!(
@@ -522,6 +521,7 @@ async fn malformed_uploads_store_nothing() {
     let node = TestNode::start(|c| {
         c.max_upload_size = 200 * 1024;
         c.max_upload_batches = 500;
+        c.upload_idle_timeout = Duration::from_secs(1);
     })
     .await;
     let mut c = node.client().await;
@@ -578,24 +578,22 @@ async fn malformed_uploads_store_nothing() {
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
 
-    // The client gives up mid-stream (truncated upload): the call is cancelled after some
-    // batches were sent, without an end of stream.
+    // The client stops sending mid-stream and never ends the call (a hung or vanished atom
+    // whose connection stays up): after the idle timeout the upload is refused with
+    // DEADLINE_EXCEEDED and nothing is stored.
     let msgs = encode(
         Some(descriptor("ns", "cut")),
         vec![batch(0, 5), batch(5, 5)],
     );
-    // The connection stays open (a clone of the channel lives on); only the call is reset.
-    let keep = node.client().await;
-    let mut cutter = arrow_flight::FlightClient::new_from_inner(keep.inner().clone());
-    let task = tokio::spawn(async move {
-        let input =
-            futures::stream::iter(msgs.into_iter().map(Ok)).chain(futures::stream::pending());
-        let _ = cutter.do_put(input).await;
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    task.abort();
-    let _ = task.await;
-    drop(keep);
+    let input = futures::stream::iter(msgs.into_iter().map(Ok)).chain(futures::stream::pending());
+    let mut results = c.do_put(input).await.map_err(status).unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(20), results.next())
+        .await
+        .expect("the stalled upload was never refused")
+        .unwrap()
+        .map_err(status)
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{}", err.message());
 
     for name in ["drift", "noschema", "garbage", "toobig", "flood", "cut"] {
         // Give cancelled handlers a moment to clean up their parts.
@@ -1068,6 +1066,34 @@ async fn randomly_damaged_ipc_headers_are_refused_cleanly() {
     assert_eq!(
         concat(&get(&mut c, &put_ticket(&p)).await.unwrap()),
         batch(0, 3)
+    );
+    node.stop().await;
+}
+
+/// A client that waits for the DoPut call to be established before it streams anything
+/// (arrow-rs's `FlightClient::do_put` fed through a bounded channel) gets its answer.
+#[tokio::test]
+async fn do_put_answers_its_headers_before_the_upload_is_read() {
+    let node = TestNode::start(|_| {}).await;
+    let mut c = node.client().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let established = tokio::time::timeout(
+        Duration::from_secs(10),
+        c.do_put(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await
+    .expect("DoPut was not established before the upload was sent");
+    let mut results = established.unwrap();
+    for m in encode(Some(descriptor("ns", "channel")), vec![batch(0, 50)]) {
+        tx.send(Ok(m)).await.unwrap();
+    }
+    drop(tx);
+    let put: serde_json::Value =
+        serde_json::from_slice(&results.next().await.unwrap().unwrap().app_metadata).unwrap();
+    assert_eq!(put["version"], 1);
+    assert_eq!(
+        concat(&get(&mut c, &put_ticket(&put)).await.unwrap()),
+        batch(0, 50)
     );
     node.stop().await;
 }

@@ -88,7 +88,7 @@ async fn a_deadline_during_the_commit_leaves_a_whole_version() {
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let direct = config(&target, &target.endpoint);
     // The client never learnt the outcome: the version may exist, and then it is whole.
-    common::check::check(&direct, &HashMap::new(), &[], &[table.clone()]).await;
+    common::check::check(&direct, &HashMap::new(), &[], std::slice::from_ref(&table)).await;
     let id = flight_node::name::DatasetId::new("ns", "deadline").unwrap();
     let live = pool.versions().live(&id).await.unwrap();
     assert_eq!(

@@ -145,6 +145,7 @@ impl FaultProxy {
     }
 
     /// Forgets every armed fault that has not fired yet.
+    #[allow(dead_code)] // the proxy's own tests include this file without using it
     pub fn disarm_all(&self) {
         lock(&self.shared.rules).clear();
     }
