@@ -70,8 +70,17 @@ pub struct EncodedTable {
 }
 
 impl EncodedTable {
-    pub fn new(schema: SchemaRef, parts: Vec<Arc<EncodedPart>>) -> Result<Self> {
-        let schema_message = Message::from(schema_message(&schema)?);
+    /// A table whose stream starts with `head`, the schema message (as the uploader sent
+    /// it; see `Manifest::schema_flight_data`), or one encoded from `schema`.
+    pub fn new(
+        schema: SchemaRef,
+        head: Option<FlightData>,
+        parts: Vec<Arc<EncodedPart>>,
+    ) -> Result<Self> {
+        let schema_message = Message::from(match head {
+            Some(h) => h,
+            None => schema_message(&schema)?,
+        });
         let bytes =
             parts.iter().map(|p| p.bytes).sum::<usize>() + message_size(&schema_message.data);
         Ok(Self {
@@ -389,7 +398,7 @@ mod tests {
         )
         .unwrap();
         let part = encode_part(&schema, &[batch], 1 << 20).unwrap();
-        Arc::new(EncodedTable::new(schema, vec![Arc::new(part)]).unwrap())
+        Arc::new(EncodedTable::new(schema, None, vec![Arc::new(part)]).unwrap())
     }
 
     fn key(name: &str, v: u64) -> CacheKey {

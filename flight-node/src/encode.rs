@@ -1,4 +1,5 @@
-//! Encoding one part of an upload: Parquet for storage and, when the version may be
+//! Encoding one part of an upload: a file for storage (Parquet, or an Arrow IPC file for
+//! schemas Parquet cannot hold exactly; see [`PartFormat`]) and, when the version may be
 //! cached, the Flight messages `DoGet` will send.
 //!
 //! A part is encoded row group by row group while the upload streams in; within a row group
@@ -13,7 +14,8 @@ use std::sync::Mutex;
 
 use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::ipc::writer::FileWriter;
 use object_store::{PutPayload, PutPayloadMut};
 use parquet::arrow::arrow_writer::{
     compute_leaves, ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn,
@@ -25,6 +27,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
+use serde::{Deserialize, Serialize};
 
 use crate::cache::{encode_part, EncodedPart};
 use crate::error::{Error, Result};
@@ -35,11 +38,120 @@ const COALESCE_BELOW_ROWS: usize = 16 * 1024;
 /// encoded by several threads), but row groups stay at least this long.
 const MIN_GROUP_ROWS: usize = 64 * 1024;
 
+/// How a version's parts are stored.
+///
+/// Parquet is the default: compact, and readable by every data tool. It cannot hold every
+/// Arrow type exactly (unions, run-end encoding, intervals with days and nanoseconds,
+/// maps' field names, nested or unsigned-key dictionaries, view and list-view layouts,
+/// extension types' storage), so a version whose schema holds any type outside
+/// [`parquet_holds`] is stored as Arrow IPC files instead, which keep every type, name
+/// and metadata as uploaded. The choice is per version and recorded in its manifest; the
+/// part's file extension says it too (`.parquet` or `.arrow`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PartFormat {
+    #[default]
+    Parquet,
+    ArrowIpc,
+}
+
+impl PartFormat {
+    /// The format that stores `schema` without changing it.
+    pub fn for_schema(schema: &Schema) -> Self {
+        if parquet_holds(schema) {
+            PartFormat::Parquet
+        } else {
+            PartFormat::ArrowIpc
+        }
+    }
+
+    /// The file extension of a part in this format.
+    pub fn extension(self) -> &'static str {
+        match self {
+            PartFormat::Parquet => "parquet",
+            PartFormat::ArrowIpc => "arrow",
+        }
+    }
+
+    /// The format of a part file, from its name.
+    pub fn of_path(path: &str) -> Self {
+        if path.ends_with(".arrow") {
+            PartFormat::ArrowIpc
+        } else {
+            PartFormat::Parquet
+        }
+    }
+
+    pub fn is_parquet(&self) -> bool {
+        *self == PartFormat::Parquet
+    }
+}
+
+/// Whether Parquet (with the Arrow schema the writer embeds, and the dictionaries
+/// [`crate::dictionary`] records) gives back exactly this schema and its values. A
+/// conservative list: anything not known to round-trip goes to Arrow IPC.
+pub fn parquet_holds(schema: &Schema) -> bool {
+    let mut names = std::collections::HashSet::new();
+    schema
+        .fields()
+        .iter()
+        .all(|f| names.insert(f.name().as_str()) && field_holds(f, true))
+}
+
+fn field_holds(field: &Field, top_level: bool) -> bool {
+    use DataType::*;
+    if field.metadata().contains_key("ARROW:extension:name") {
+        return false;
+    }
+    match field.data_type() {
+        Null
+        | Boolean
+        | Int8
+        | Int16
+        | Int32
+        | Int64
+        | UInt8
+        | UInt16
+        | UInt32
+        | UInt64
+        | Float16
+        | Float32
+        | Float64
+        | Utf8
+        | LargeUtf8
+        | Binary
+        | LargeBinary
+        | Date32
+        | Date64
+        | Time32(_)
+        | Time64(_)
+        | Timestamp(_, _)
+        | Decimal128(_, _)
+        | Decimal256(_, _)
+        | FixedSizeBinary(_) => true,
+        List(child) | LargeList(child) | FixedSizeList(child, _) => field_holds(child, false),
+        Struct(children) => {
+            let mut names = std::collections::HashSet::new();
+            !children.is_empty()
+                && children
+                    .iter()
+                    .all(|c| names.insert(c.name().as_str()) && field_holds(c, false))
+        }
+        // Top-level dictionaries with signed keys are restored exactly (see `dictionary`).
+        Dictionary(key, value) => {
+            top_level
+                && matches!(**key, Int8 | Int16 | Int32 | Int64)
+                && matches!(**value, Utf8 | LargeUtf8 | Binary | LargeBinary)
+        }
+        _ => false,
+    }
+}
+
 /// What one part becomes.
 #[derive(Debug)]
 pub struct EncodedForStorage {
-    /// The Parquet file, in the chunks it was written in.
-    pub parquet: PutPayload,
+    /// The part's file (Parquet or Arrow IPC), in the chunks it was written in.
+    pub file: PutPayload,
     pub rows: u64,
     /// Arrow bytes of the part.
     pub bytes: u64,
@@ -51,8 +163,7 @@ pub struct EncodedForStorage {
 /// mostly encoded by the time its last batch comes in.
 pub struct PartEncoder {
     schema: SchemaRef,
-    file: SerializedFileWriter<Chunks>,
-    factory: ArrowRowGroupWriterFactory,
+    sink: Sink,
     max_group_rows: usize,
     groups: usize,
     flight: Option<EncodedPart>,
@@ -74,21 +185,43 @@ impl std::fmt::Debug for PartEncoder {
     }
 }
 
+/// Where a part's file is written.
+enum Sink {
+    Parquet {
+        file: Box<SerializedFileWriter<Chunks>>,
+        factory: Box<ArrowRowGroupWriterFactory>,
+    },
+    Ipc(Box<FileWriter<Chunks>>),
+}
+
 impl PartEncoder {
     pub fn new(
         schema: SchemaRef,
+        format: PartFormat,
         want_flight: bool,
         message_target: usize,
         threads: usize,
     ) -> Result<Self> {
-        let props = properties(&schema);
-        let max_group_rows = props.max_row_group_row_count().unwrap_or(usize::MAX).max(1);
-        let writer = ArrowWriter::try_new(Chunks::default(), schema.clone(), Some(props))?;
-        let (file, factory) = writer.into_serialized_writer()?;
+        let (sink, max_group_rows) = match format {
+            PartFormat::Parquet => {
+                let props = properties(&schema);
+                let max_group_rows = props.max_row_group_row_count().unwrap_or(usize::MAX).max(1);
+                let writer = ArrowWriter::try_new(Chunks::default(), schema.clone(), Some(props))?;
+                let (file, factory) = writer.into_serialized_writer()?;
+                let sink = Sink::Parquet {
+                    file: Box::new(file),
+                    factory: Box::new(factory),
+                };
+                (sink, max_group_rows)
+            }
+            PartFormat::ArrowIpc => {
+                let writer = FileWriter::try_new(Chunks::default(), &schema)?;
+                (Sink::Ipc(Box::new(writer)), 1024 * 1024)
+            }
+        };
         Ok(Self {
             schema,
-            file,
-            factory,
+            sink,
             max_group_rows,
             groups: 0,
             flight: want_flight.then(EncodedPart::default),
@@ -123,6 +256,24 @@ impl PartEncoder {
         } else {
             batches
         };
+        if let Sink::Ipc(w) = &mut self.sink {
+            // Arrow IPC keeps every batch as it is; the Flight messages are made alongside.
+            for b in &batches {
+                w.write(b)?;
+            }
+            self.rows += rows as u64;
+            self.bytes += batches
+                .iter()
+                .map(|b| crate::node::batch_size(b) as u64)
+                .sum::<u64>();
+            if let Some(f) = self.flight.as_mut() {
+                let mut p = encode_part(&self.schema, &batches, self.message_target)?;
+                f.rows += p.rows;
+                f.bytes += p.bytes;
+                f.messages.append(&mut p.messages);
+            }
+            return Ok(());
+        }
         self.track_dictionaries(&batches)?;
         self.rows += rows as u64;
         self.bytes += batches
@@ -157,7 +308,10 @@ impl PartEncoder {
 
     /// Encodes one row group: its column chunks and its Flight messages as parallel tasks.
     fn add_group(&mut self, group: &[RecordBatch]) -> Result<()> {
-        let writers = self.factory.create_column_writers(self.groups)?;
+        let Sink::Parquet { file, factory } = &mut self.sink else {
+            return Err(Error::Internal("a row group for an Arrow IPC part".into()));
+        };
+        let writers = factory.create_column_writers(self.groups)?;
         self.groups += 1;
         let mut leaves: Vec<Vec<ArrowLeafColumn>> = writers.iter().map(|_| Vec::new()).collect();
         for batch in group {
@@ -236,7 +390,7 @@ impl PartEncoder {
                 Done::Column(c, chunk) => chunks[c] = Some(*chunk),
             }
         }
-        let mut rg = self.file.next_row_group()?;
+        let mut rg = file.next_row_group()?;
         for chunk in chunks {
             chunk
                 .ok_or_else(|| Error::Internal("a column chunk was not encoded".into()))?
@@ -248,14 +402,22 @@ impl PartEncoder {
 
     /// Writes the footer; returns the file and the part's messages.
     pub fn finish(mut self) -> Result<EncodedForStorage> {
-        if let Some((_, kv)) = self.dictionaries.take() {
-            for entry in kv {
-                self.file.append_key_value_metadata(entry);
+        let file = match self.sink {
+            Sink::Parquet { mut file, .. } => {
+                if let Some((_, kv)) = self.dictionaries.take() {
+                    for entry in kv {
+                        file.append_key_value_metadata(entry);
+                    }
+                }
+                file.into_inner()?.finish()
             }
-        }
-        let parquet = self.file.into_inner()?.finish();
+            Sink::Ipc(mut w) => {
+                w.finish()?;
+                w.into_inner()?.finish()
+            }
+        };
         Ok(EncodedForStorage {
-            parquet,
+            file,
             rows: self.rows,
             bytes: self.bytes,
             flight: self.flight,
@@ -418,7 +580,13 @@ mod tests {
         message_target: usize,
         threads: usize,
     ) -> Result<EncodedForStorage> {
-        let mut encoder = PartEncoder::new(schema.clone(), want_flight, message_target, threads)?;
+        let mut encoder = PartEncoder::new(
+            schema.clone(),
+            PartFormat::Parquet,
+            want_flight,
+            message_target,
+            threads,
+        )?;
         for group in encoder.groups(batches) {
             encoder.add(group)?;
         }
@@ -471,8 +639,7 @@ mod tests {
         for threads in [1, 2, 5] {
             let out = encode_for_storage(&schema, batches.clone(), true, 1 << 20, threads).unwrap();
             assert_eq!(out.rows, 140_000);
-            let reader =
-                ParquetRecordBatchReaderBuilder::try_new(contiguous(&out.parquet)).unwrap();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(contiguous(&out.file)).unwrap();
             let groups = if threads == 1 { 1 } else { 2 }; // 140,000 rows: two groups at most
             assert_eq!(reader.metadata().num_row_groups(), groups);
             let got: Vec<RecordBatch> = reader.build().unwrap().map(|b| b.unwrap()).collect();

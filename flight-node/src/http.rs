@@ -136,6 +136,7 @@ async fn upload(
         ttl: ttl.as_deref().map(crate::ttl::parse_ttl).transpose()?,
         contract,
         source: "http".into(),
+        schema_message: None,
     };
     let stream = crate::cancel::idle_timeout(
         body.into_data_stream(),

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::contract::type_to_string;
+use crate::encode::PartFormat;
 use crate::error::{Error, Result};
 use crate::name::DatasetId;
 use crate::ticket::{Ticket, TicketSigner};
@@ -62,6 +63,9 @@ pub struct Manifest {
     /// Total size of the Parquet parts.
     pub stored_bytes: u64,
     pub parts: Vec<PartInfo>,
+    /// How the parts are stored: `parquet` (absent) or `arrow-ipc`.
+    #[serde(default, skip_serializing_if = "PartFormat::is_parquet")]
+    pub part_format: PartFormat,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contract: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -85,6 +89,28 @@ impl Manifest {
     /// Decodes the stored Arrow schema.
     pub fn arrow_schema(&self) -> Result<SchemaRef> {
         decode_schema(&self.schema)
+    }
+
+    /// The stored schema as an encapsulated IPC message (what `FlightInfo.schema` and
+    /// `SchemaResult` carry).
+    pub fn schema_ipc(&self) -> Result<bytes::Bytes> {
+        STANDARD
+            .decode(&self.schema)
+            .map(bytes::Bytes::from)
+            .map_err(|e| Error::Internal(format!("failed to decode stored schema: {e}")))
+    }
+
+    /// The schema message that starts a `DoGet` stream: the schema exactly as the uploader
+    /// sent it, so that what Arrow implementations disagree on when decoding a schema
+    /// (union nullability, map field names, field metadata) comes back as sent.
+    pub fn schema_flight_data(&self) -> Result<arrow_flight::FlightData> {
+        let ipc = self.schema_ipc()?;
+        let header = flatbuffer_of(&ipc)
+            .ok_or_else(|| Error::Internal("the stored schema is not an IPC message".into()))?;
+        Ok(arrow_flight::FlightData {
+            data_header: header,
+            ..Default::default()
+        })
     }
 
     pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
@@ -128,6 +154,32 @@ pub struct PutResult {
     pub bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Stores a schema message exactly as a client sent it (a `FlightData.data_header`: the
+/// flatbuffer of an IPC Schema message), encapsulated and base64-encoded as
+/// [`encode_schema`] does. `None` when the bytes are not a Schema message.
+pub fn encode_schema_message(header: &[u8]) -> Option<String> {
+    let message = arrow::ipc::root_as_message(header).ok()?;
+    message.header_as_schema()?;
+    let padded = header.len().div_ceil(8) * 8;
+    let mut out = Vec::with_capacity(8 + padded);
+    out.extend_from_slice(&0xFFFF_FFFFu32.to_le_bytes());
+    out.extend_from_slice(&u32::try_from(padded).ok()?.to_le_bytes());
+    out.extend_from_slice(header);
+    out.resize(8 + padded, 0);
+    Some(STANDARD.encode(&out))
+}
+
+/// The flatbuffer inside an encapsulated IPC message (continuation marker, length, body).
+fn flatbuffer_of(ipc: &bytes::Bytes) -> Option<bytes::Bytes> {
+    let (len, start): (&[u8], usize) = match ipc.get(..4)? {
+        [0xFF, 0xFF, 0xFF, 0xFF] => (ipc.get(4..8)?, 8),
+        legacy => (legacy, 4),
+    };
+    let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
+    let end = start.checked_add(len)?;
+    (end <= ipc.len()).then(|| ipc.slice(start..end))
 }
 
 /// Encodes a schema as base64 of its Arrow IPC message.
@@ -192,6 +244,7 @@ pub(crate) mod tests_support {
                 bytes: 160,
                 stored_bytes: 400,
             }],
+            part_format: PartFormat::Parquet,
             contract: None,
             created_at: Utc::now(),
             ttl_seconds: Some(60),

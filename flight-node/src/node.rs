@@ -22,7 +22,7 @@ use crate::auth::Principal;
 use crate::cache::{Cache, CacheKey, CacheStats, EncodedPart, EncodedTable, Message};
 use crate::config::Config;
 use crate::contract::{Contract, Contracts};
-use crate::encode::{EncodedForStorage, PartEncoder};
+use crate::encode::{EncodedForStorage, PartEncoder, PartFormat};
 use crate::error::{Error, Result};
 use crate::manifest::{self, Manifest, PartInfo, MANIFEST_FORMAT};
 use crate::metrics::Metrics;
@@ -91,6 +91,9 @@ pub struct PutOptions {
     pub contract: Option<String>,
     /// `flight`, `http` or the source object of a `load`.
     pub source: String,
+    /// The schema message exactly as a Flight client sent it (its `data_header`), kept and
+    /// served back instead of a re-encoding of the decoded schema.
+    pub schema_message: Option<Bytes>,
 }
 
 /// Body of the `load` action: ingest an object from the node's storage as a new version.
@@ -337,12 +340,20 @@ impl Node {
             name: id.name().into(),
             version: 0,
             upload_id,
-            schema: manifest::encode_schema(&schema)?,
+            schema: match opts
+                .schema_message
+                .as_deref()
+                .and_then(manifest::encode_schema_message)
+            {
+                Some(sent) => sent,
+                None => manifest::encode_schema(&schema)?,
+            },
             columns: manifest::columns(&schema),
             rows: w.rows,
             bytes: w.parts.iter().map(|p| p.bytes).sum(),
             stored_bytes: w.parts.iter().map(|p| p.stored_bytes).sum(),
             parts: std::mem::take(&mut w.parts),
+            part_format: w.format,
             contract: contract.map(|c| c.name.clone()),
             created_at,
             ttl_seconds: ttl.map(|t| t.as_secs()),
@@ -356,7 +367,12 @@ impl Node {
         let key = (id, manifest.version);
         self.remember(key.clone(), manifest.clone(), None);
         if let Some(parts) = w.encoded.take() {
-            match EncodedTable::new(schema, parts.into_iter().map(Arc::new).collect()) {
+            let head = manifest.schema_flight_data()?;
+            match EncodedTable::new(
+                schema,
+                Some(head),
+                parts.into_iter().map(Arc::new).collect(),
+            ) {
                 Ok(t) => {
                     self.cache.insert(key, Arc::new(t));
                 }
@@ -449,6 +465,7 @@ impl Node {
             ttl: req.ttl.as_deref().map(crate::ttl::parse_ttl).transpose()?,
             contract: req.contract.clone(),
             source: req.source.clone(),
+            schema_message: None,
         };
         match format.as_str() {
             "csv" => {
@@ -625,8 +642,7 @@ impl Node {
             match self.start_load(manifest)? {
                 Loaded::Cached(t) => return Ok(stream::iter(t.messages(part).map(Ok)).boxed()),
                 Loaded::Loading(progress) => {
-                    let head =
-                        Message::from(crate::cache::schema_message(&manifest.arrow_schema()?)?);
+                    let head = Message::from(manifest.schema_flight_data()?);
                     let range = match part {
                         Some(p) => p..p + 1,
                         None => 0..manifest.parts.len(),
@@ -639,7 +655,7 @@ impl Node {
         }
         // Too large for memory: stream part by part, one part resident at a time.
         let schema = manifest.arrow_schema()?;
-        let head = Message::from(crate::cache::schema_message(&schema)?);
+        let head = Message::from(manifest.schema_flight_data()?);
         let parts: Vec<PartInfo> = match part {
             Some(p) => vec![manifest.parts[p].clone()],
             None => manifest.parts.clone(),
@@ -792,7 +808,7 @@ impl Node {
             loaded.push(part);
         }
         drop(parts);
-        EncodedTable::new(schema, loaded)
+        EncodedTable::new(schema, Some(manifest.schema_flight_data()?), loaded)
     }
 
     /// Record batches of a version (for the HTTP export), part by part.
@@ -1010,6 +1026,8 @@ struct PartWriter<'a> {
     id: DatasetId,
     upload_id: String,
     schema: SchemaRef,
+    /// How the parts are stored, chosen from the schema.
+    format: PartFormat,
     contract: Option<Arc<Contract>>,
     /// Batches not yet handed to the encoder.
     pending: Vec<RecordBatch>,
@@ -1071,6 +1089,7 @@ impl<'a> PartWriter<'a> {
             node,
             id,
             upload_id,
+            format: PartFormat::for_schema(&schema),
             schema,
             contract,
             pending: Vec::new(),
@@ -1174,12 +1193,13 @@ impl<'a> PartWriter<'a> {
 
     fn start_encoder(&self) -> EncoderTask {
         let schema = self.schema.clone();
+        let format = self.format;
         let want_flight = self.encoded.is_some();
         let target = self.node.limits.message_target();
         let threads = std::thread::available_parallelism().map_or(2, NonZeroUsize::get);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<RecordBatch>, bool)>(1);
         let handle = tokio::task::spawn_blocking(move || {
-            let mut encoder = PartEncoder::new(schema, want_flight, target, threads)?;
+            let mut encoder = PartEncoder::new(schema, format, want_flight, target, threads)?;
             while let Some((batches, last)) = rx.blocking_recv() {
                 if last {
                     for group in encoder.groups(batches) {
@@ -1206,20 +1226,20 @@ impl<'a> PartWriter<'a> {
         };
         drop(tx);
         self.wait_for_part().await?;
-        let path = Storage::part_path(&self.id, &self.upload_id, self.written.len());
+        let path = Storage::part_path(&self.id, &self.upload_id, self.written.len(), self.format);
         self.written.push(path.clone());
         let storage = self.node.storage.clone();
         self.in_flight = Some(tokio::spawn(async move {
             let EncodedForStorage {
-                parquet,
+                file,
                 rows,
                 bytes,
                 flight,
             } = handle
                 .await
                 .map_err(|e| Error::Internal(format!("part encoder failed: {e}")))??;
-            let stored_bytes = parquet.content_length() as u64;
-            storage.put(&path, parquet).await?;
+            let stored_bytes = file.content_length() as u64;
+            storage.put(&path, file).await?;
             let info = PartInfo {
                 path: path.to_string(),
                 rows,

@@ -19,7 +19,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_descriptor::DescriptorType;
@@ -27,7 +26,7 @@ use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
     HandshakeRequest, HandshakeResponse, Location, PollInfo, PutResult, RenewFlightEndpointRequest,
-    SchemaAsIpc, SchemaResult, Ticket as FlightTicket,
+    SchemaResult, Ticket as FlightTicket,
 };
 use base64::Engine;
 use bytes::Bytes;
@@ -125,8 +124,7 @@ impl FlightNodeService {
         };
         let app_metadata = serde_json::to_vec(&m.put_result(signer)?)
             .map_err(|e| Error::Internal(format!("failed to encode flight info metadata: {e}")))?;
-        let info = FlightInfo::new()
-            .try_with_schema(m.arrow_schema()?.as_ref())?
+        let mut info = FlightInfo::new()
             .with_descriptor(FlightDescriptor::new_path(vec![
                 id.namespace().into(),
                 id.name().into(),
@@ -136,6 +134,8 @@ impl FlightNodeService {
             .with_total_bytes(i64::try_from(m.bytes).unwrap_or(i64::MAX))
             .with_ordered(true)
             .with_app_metadata(app_metadata);
+        // The schema as the uploader sent it (see `Manifest::schema_flight_data`).
+        info.schema = m.schema_ipc()?;
         Ok(info)
     }
 
@@ -271,10 +271,10 @@ impl FlightNodeService {
                 ))),
             })
             .take_while_inclusive_ok();
-        let schema = loop {
+        let (schema, schema_message) = loop {
             match decoder.next().await {
                 Some(Ok(d)) => match d.payload {
-                    DecodedPayload::Schema(s) => break s,
+                    DecodedPayload::Schema(s) => break (s, d.inner.data_header),
                     DecodedPayload::None => continue,
                     DecodedPayload::RecordBatch(_) => {
                         return Err(Error::invalid("record batch before the schema message"))
@@ -302,6 +302,7 @@ impl FlightNodeService {
             ttl,
             contract,
             source: "flight".into(),
+            schema_message: Some(schema_message),
         };
         let manifest = self.node.put(id, opts, schema, batches).await?;
         let result = manifest.put_result(self.node.signer())?;
@@ -666,10 +667,9 @@ impl FlightService for FlightNodeService {
             let id = Self::descriptor_id(request.get_ref())?;
             principal.check(id.namespace())?;
             let m = self.node.latest(&id).await?;
-            let schema = m.arrow_schema()?;
-            let result =
-                SchemaResult::try_from(SchemaAsIpc::new(&schema, &IpcWriteOptions::default()))?;
-            Ok(result)
+            Ok(SchemaResult {
+                schema: m.schema_ipc()?,
+            })
         }
         .await;
         self.finish("GetSchema", r)

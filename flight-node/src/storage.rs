@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! <namespace>/<name>/parts/<upload-id>/part-<k>.parquet   written while the upload streams in
+//!                                                         (`.arrow`: an Arrow IPC file, for
+//!                                                         types Parquet cannot hold)
 //! <namespace>/<name>/v<version>.manifest.json              the commit point, written create-only
 //! ```
 //!
@@ -34,6 +36,7 @@ use object_store::{
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::cache::{encode_batches, EncodedPart};
+use crate::encode::PartFormat;
 use crate::error::{Error, Result};
 use crate::manifest::PartInfo;
 use crate::name::DatasetId;
@@ -154,13 +157,13 @@ impl Storage {
     }
 
     /// Where part `k` of an upload is written.
-    pub fn part_path(id: &DatasetId, upload_id: &str, k: usize) -> Path {
+    pub fn part_path(id: &DatasetId, upload_id: &str, k: usize, format: PartFormat) -> Path {
         Path::from_iter([
             id.namespace(),
             id.name(),
             "parts",
             upload_id,
-            &format!("part-{k}.parquet"),
+            &format!("part-{k}.{}", format.extension()),
         ])
     }
 
@@ -427,13 +430,20 @@ impl Storage {
     }
 }
 
-/// The batches of a Parquet part, decoded as they are pulled, with the dictionaries the
-/// writer recorded restored.
+/// The batches of a part, decoded as they are pulled: an Arrow IPC file as it was written,
+/// a Parquet file with the dictionaries the writer recorded restored.
 fn part_batches(
     path: Path,
     bytes: Bytes,
     batch_size: usize,
-) -> Result<impl Iterator<Item = Result<RecordBatch>> + Send + 'static> {
+) -> Result<Box<dyn Iterator<Item = Result<RecordBatch>> + Send + 'static>> {
+    if PartFormat::of_path(path.as_ref()) == PartFormat::ArrowIpc {
+        let reader = arrow::ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)
+            .map_err(|e| Error::data(format!("open Arrow part {path}"), e))?;
+        return Ok(Box::new(reader.map(move |b| {
+            b.map_err(|e| Error::data(format!("decode Arrow part {path}"), e))
+        })));
+    }
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .map_err(|e| Error::data(format!("open Parquet part {path}"), e))?;
     let dictionaries =
@@ -442,10 +452,10 @@ fn part_batches(
         .with_batch_size(batch_size)
         .build()
         .map_err(|e| Error::data(format!("read Parquet part {path}"), e))?;
-    Ok(reader.map(move |b| {
+    Ok(Box::new(reader.map(move |b| {
         let b = b.map_err(|e| Error::data(format!("decode Parquet part {path}"), e))?;
         crate::dictionary::restore(b, &dictionaries)
-    }))
+    })))
 }
 
 #[cfg(test)]
@@ -456,7 +466,7 @@ mod tests {
     fn paths_and_urls() {
         let id = DatasetId::new("ns", "ds").unwrap();
         assert_eq!(
-            Storage::part_path(&id, "U", 3).as_ref(),
+            Storage::part_path(&id, "U", 3, PartFormat::Parquet).as_ref(),
             "ns/ds/parts/U/part-3.parquet"
         );
         assert_eq!(

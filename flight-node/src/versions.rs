@@ -661,7 +661,12 @@ mod tests {
     async fn uploaded(v: &Versions, upload: &Upload) -> Manifest {
         let mut m = sample(0);
         m.upload_id = upload.upload_id().to_string();
-        let part = Storage::part_path(&id(), upload.upload_id(), 0);
+        let part = Storage::part_path(
+            &id(),
+            upload.upload_id(),
+            0,
+            crate::encode::PartFormat::Parquet,
+        );
         v.storage()
             .put(&part, Bytes::from_static(b"p"))
             .await
@@ -902,13 +907,19 @@ mod tests {
         let deleted = commit_one(&v).await;
         // An upload in flight whose marker is refreshed every 20 ms.
         let in_flight = v.begin(&id(), Duration::from_millis(20));
-        let in_flight_part = Storage::part_path(&id(), in_flight.upload_id(), 0);
+        let in_flight_part = Storage::part_path(
+            &id(),
+            in_flight.upload_id(),
+            0,
+            crate::encode::PartFormat::Parquet,
+        );
         v.storage()
             .put(&in_flight_part, Bytes::from_static(b"x"))
             .await
             .unwrap();
         // An abandoned upload.
-        let abandoned = Storage::part_path(&id(), "abandoned", 0);
+        let abandoned =
+            Storage::part_path(&id(), "abandoned", 0, crate::encode::PartFormat::Parquet);
         v.storage()
             .put(&abandoned, Bytes::from_static(b"x"))
             .await
