@@ -411,6 +411,7 @@ pub async fn seed_version(
         ttl,
         contract: None,
         source: "cluster-tests".into(),
+        ..PutOptions::default()
     };
     node.put(id, opts, schema, futures::stream::iter(vec![Ok(batch)]))
         .await
