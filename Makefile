@@ -22,8 +22,8 @@ $(VENV)/.installed: tests/requirements.txt
 build:
 	$(CARGO) build --workspace --bins
 
-## test: everything: Rust unit + integration tests (S3 via moto_server and MinIO), Python
-## interop; MinIO (tests/minio/minio) is built from the Go module proxy (cached in
+## test: everything: Rust unit + integration tests (S3 via moto_server and MinIO), Python,
+## Go and Java interop (tests/interop); MinIO (tests/minio/minio) is built from the Go module proxy (cached in
 ## target/minio) and runs for the whole test run, its address exported as MINIO_*
 MINIO_TEST_STATE ?= $(abspath target/minio/test)
 test: venv build
@@ -37,6 +37,7 @@ test: venv build
 	FLIGHT_NODE_BIN=$(abspath target/debug/flight-node) $(VENV)/bin/python -m pytest -q tests/python; \
 	FLIGHT_NODE_BIN=$(abspath target/debug/flight-node) $(VENV)/bin/python -m pytest -q clients/python/tests; \
 	$(VENV)/bin/python -m pytest -q tests/chart; \
+	FLIGHT_NODE_BIN=$(abspath target/debug/flight-node) tests/interop/run; \
 	$(MAKE) test-cluster
 
 ## test-cluster: the operator against a real kube-apiserver + etcd (tests/k8s/control-plane);

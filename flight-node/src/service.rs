@@ -533,7 +533,13 @@ fn token_from_header(h: &str) -> Result<String> {
         .strip_prefix("Basic ")
         .or_else(|| h.strip_prefix("basic "))
     {
-        let decoded = base64::engine::general_purpose::STANDARD
+        // With or without `=` padding: arrow-go's client leaves it out.
+        let indifferent = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        let decoded = indifferent
             .decode(b.trim())
             .map_err(|_| Error::Unauthenticated("malformed Basic authorization header".into()))?;
         let text = String::from_utf8(decoded)
@@ -755,5 +761,23 @@ impl FlightService for FlightNodeService {
             "ListActions",
             Ok(stream::iter(actions).boxed() as Self::ListActionsStream),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Basic credentials with and without base64 padding (arrow-go leaves it out).
+    #[test]
+    fn basic_tokens_decode_with_or_without_padding() {
+        let padded = base64::engine::general_purpose::STANDARD.encode(":analytics-token");
+        let unpadded = padded.trim_end_matches('=').to_string();
+        assert_ne!(padded, unpadded);
+        for h in [format!("Basic {padded}"), format!("Basic {unpadded}")] {
+            assert_eq!(token_from_header(&h).unwrap(), "analytics-token");
+        }
+        assert_eq!(token_from_header("Bearer t").unwrap(), "t");
+        assert!(token_from_header("Basic %%%").is_err());
     }
 }
