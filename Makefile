@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 CARGO ?= cargo
 
-.PHONY: run test test-rust test-python test-cluster venv build fmt lint clean-data
+.PHONY: run test test-rust test-python test-cluster test-e2e venv build fmt lint clean-data
 
 ## run: start a standalone Flight node (gRPC :8815, HTTP :8816, data in ./data)
 run:
@@ -39,6 +39,7 @@ test: venv build
 	$(VENV)/bin/python -m pytest -q tests/chart; \
 	FLIGHT_NODE_BIN=$(abspath target/debug/flight-node) tests/interop/run; \
 	$(MAKE) test-cluster
+	$(MAKE) test-e2e
 
 ## test-cluster: the operator against a real kube-apiserver + etcd (tests/k8s/control-plane);
 ## kube-apiserver is built with Go from the Go module proxy (cached in target/k8s)
@@ -55,3 +56,19 @@ test-cluster: venv build
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## test-e2e: the chart on a one-node cluster where pods run (tests/k8s/cluster, as root):
+## images of this checkout's binaries, the dev MinIO, an upload and reads through the pool's
+## Service, a node pod replaced, the operator restarted (tests/k8s/e2e)
+E2E_STATE ?= $(abspath target/k8s/e2e-cluster)
+test-e2e: venv build
+	tests/minio/minio build
+	FLIGHT_RELEASE_DIR=$(abspath target/debug) tests/images/build
+	tests/k8s/cluster build
+	K8S_STATE_DIR=$(E2E_STATE) tests/k8s/cluster down
+	set -euo pipefail; export K8S_STATE_DIR=$(E2E_STATE); \
+	export KUBECONFIG=$(E2E_STATE)/admin.kubeconfig; \
+	trap 'tests/k8s/cluster down' EXIT; \
+	tests/k8s/cluster up; \
+	for image in target/images/*.tar; do tests/k8s/cluster import-image "$$image"; done; \
+	IMAGES_ENV=$(abspath target/images/images.env) $(VENV)/bin/python -m pytest -q tests/k8s/e2e
