@@ -133,12 +133,20 @@ def service_ip(ns: str, name: str) -> str:
 
 
 def make_bucket():
+    """The dev MinIO's bucket (what the chart's bucket Job makes), through its ClusterIP."""
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=f"http://{service_ip(MINIO_NS, 'minio')}:9000",
                       aws_access_key_id=MINIO_USER, aws_secret_access_key=MINIO_PASSWORD,
                       region_name="us-east-1")
-    wait_for("the MinIO bucket", lambda: s3.create_bucket(Bucket="datasets") or True)
+
+    def create():
+        try:
+            s3.create_bucket(Bucket="datasets")
+        except s3.exceptions.BucketAlreadyOwnedByYou:
+            pass
+        return True
+    wait_for("the MinIO bucket", create)
     return s3
 
 
@@ -222,3 +230,62 @@ def test_an_atom_uploads_and_another_reads_through_the_service(installed):
             f"--timeout={int(TIMEOUT)}s")
     wait_for("the dataset to stay Ready after the operator restart", listed)
     assert client().do_get(flight.Ticket(ticket)).read_all().equals(table)
+
+
+def test_scaling_the_pool_updates_peers_and_every_node_serves(installed):
+    wait_for("FlightPool flight to be Ready", pool_ready)
+    kubectl("-n", OPERATOR_NS, "patch", "flightpool", POOL, "--type=merge",
+            "-p", json.dumps({"spec": {"replicas": 2}}))
+    wait_for("two Ready node pods", lambda: len(node_pods()) == 2 and all_ready(node_pods()))
+
+    def peers():
+        text = kubectl("-n", OPERATOR_NS, "get", "configmap", f"{POOL}-config",
+                       "-o", "jsonpath={.data.peers\\.yaml}")
+        listed = yaml.safe_load(text).get("peers", [])
+        return len(listed) == 2 and listed
+    listed = wait_for("the peers file to list both nodes", peers)
+    assert all(f".{POOL}-headless.{OPERATOR_NS}.svc" in uri for uri in listed), listed
+    wait_for("FlightPool flight to report 2 ready replicas", lambda: json.loads(kubectl(
+        "-n", OPERATOR_NS, "get", "flightpool", POOL, "-o", "json")
+    ).get("status", {}).get("readyReplicas") == 2)
+    # Every node serves every ticket (from memory or from MinIO), whichever the Service picks.
+    table = pa.table({"x": pa.array(range(1000), pa.int64())})
+    writer, reader = client().do_put(flight.FlightDescriptor.for_path(OPERATOR_NS, "e2e-scaled"),
+                                     table.schema)
+    writer.write_table(table)
+    writer.done_writing()
+    ticket = json.loads(reader.read().to_pybytes())["ticket"]
+    writer.close()
+    for pod in node_pods():
+        ip = pod["status"]["podIP"]
+        got = flight.connect(f"grpc://{ip}:8815").do_get(flight.Ticket(ticket)).read_all()
+        assert got.equals(table), pod["metadata"]["name"]
+
+
+def test_ttl_expiry_removes_the_resource_and_the_objects(installed):
+    wait_for("FlightPool flight to be Ready", pool_ready)
+    table = pa.table({"x": pa.array(range(100), pa.int64())})
+    options = flight.FlightCallOptions(headers=[(b"x-flight-ttl", b"20s")])
+    writer, reader = client().do_put(flight.FlightDescriptor.for_path(OPERATOR_NS, "e2e-short"),
+                                     table.schema, options=options)
+    writer.write_table(table)
+    writer.done_writing()
+    ticket = json.loads(reader.read().to_pybytes())["ticket"]
+    writer.close()
+    wait_for("the short-lived upload to be discovered", lambda: kubectl(
+        "-n", OPERATOR_NS, "get", "arrowdataset", "e2e-short", check=False))
+
+    def gone():
+        out = subprocess.run(["kubectl", "-n", OPERATOR_NS, "get", "arrowdataset", "e2e-short"],
+                             capture_output=True, text=True, timeout=60)
+        return out.returncode != 0 and "NotFound" in out.stderr
+    wait_for("the expired dataset's resource to be deleted", gone, timeout=TIMEOUT + 20)
+    s3 = make_bucket()
+    listed = s3.list_objects_v2(Bucket="datasets", Prefix=f"flight/{OPERATOR_NS}/e2e-short/")
+    keys = [o["Key"] for o in listed.get("Contents", [])]
+    assert keys and all(k.endswith(".manifest.json") for k in keys), keys
+    for k in keys:
+        record = json.loads(s3.get_object(Bucket="datasets", Key=k)["Body"].read())
+        assert record["format"] == "arrow.trinity.io/tombstone-v1", record
+    with pytest.raises(pa.ArrowKeyError, match="not found|expired|deleted"):
+        client().do_get(flight.Ticket(ticket)).read_all()
