@@ -63,7 +63,7 @@ lint:
 E2E_STATE ?= $(abspath target/k8s/e2e-cluster)
 test-e2e: venv build
 	tests/minio/minio build
-	FLIGHT_RELEASE_DIR=$(abspath target/debug) tests/images/build
+	FLIGHT_RELEASE_DIR=$(abspath target/debug) tests/images/build flight-node flight-operator minio atom
 	tests/k8s/cluster build
 	K8S_STATE_DIR=$(E2E_STATE) tests/k8s/cluster down
 	set -euo pipefail; export K8S_STATE_DIR=$(E2E_STATE); \

@@ -381,6 +381,23 @@ def specs(args: argparse.Namespace) -> Dict[str, dict]:
                 },
             },
         },
+        # A pipeline step for the end-to-end tests: a static Go Flight client (tests/k8s/atom).
+        "atom": {
+            "name": args.atom_image,
+            "binary": args.atom_bin,
+            "dest": "usr/local/bin/atom",
+            "dirs": [],
+            "config": {
+                "User": f"{NONROOT}:{NONROOT}",
+                "Entrypoint": ["/usr/local/bin/atom"],
+                "Env": BASE_ENV,
+                "Labels": {
+                    **LABELS,
+                    "org.opencontainers.image.title": "atom",
+                    "org.opencontainers.image.description": "A static Arrow Flight client run as a pipeline step in end-to-end tests",
+                },
+            },
+        },
         # The chart's development MinIO runs `server /data ...` as UID 1000 with /data and
         # /tmp mounted; the entrypoint is the server binary itself.
         "minio": {
@@ -495,7 +512,9 @@ def main() -> None:
     b.add_argument("--minio-image", required=True)
     b.add_argument("--minio-bin", required=True)
     b.add_argument("--minio-version", default="")
-    b.add_argument("images", nargs="+", choices=["flight-node", "flight-operator", "minio"])
+    b.add_argument("--atom-image", default="trinity-flight/atom:e2e")
+    b.add_argument("--atom-bin", default="/nonexistent")
+    b.add_argument("images", nargs="+", choices=["flight-node", "flight-operator", "minio", "atom"])
     args = parser.parse_args()
     {"defaults": defaults, "build": build}[args.command](args)
 

@@ -289,3 +289,47 @@ def test_ttl_expiry_removes_the_resource_and_the_objects(installed):
         assert record["format"] == "arrow.trinity.io/tombstone-v1", record
     with pytest.raises(pa.ArrowKeyError, match="not found|expired|deleted"):
         client().do_get(flight.Ticket(ticket)).read_all()
+
+
+def run_atom(name: str, *args: str) -> str:
+    """Runs the atom image (tests/k8s/atom) as a Job in the pool's namespace, under the
+    restricted security context, and returns its log; fails with the log if the Job fails."""
+    image = images()["ATOM_IMAGE"]
+    job = {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": OPERATOR_NS},
+        "spec": {"backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "atom", "image": image, "imagePullPolicy": "Never", "args": list(args),
+                "securityContext": {"allowPrivilegeEscalation": False,
+                                    "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}},
+            }],
+        }}},
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(job))
+
+    def finished():
+        status = json.loads(kubectl("-n", OPERATOR_NS, "get", "job", name, "-o", "json"))["status"]
+        return status.get("succeeded") or status.get("failed")
+    wait_for(f"Job {name} to finish", finished)
+    log = kubectl("-n", OPERATOR_NS, "logs", f"job/{name}")
+    status = json.loads(kubectl("-n", OPERATOR_NS, "get", "job", name, "-o", "json"))["status"]
+    assert status.get("succeeded") == 1, f"Job {name} failed: {log}"
+    return log
+
+
+def test_atoms_in_pods_pass_a_table_by_ticket_through_the_service_name(installed):
+    wait_for("FlightPool flight to be Ready", pool_ready)
+    uri = f"grpc://{POOL}.{OPERATOR_NS}.svc:8815"
+    put = json.loads(run_atom("atom-put", "put", uri, OPERATOR_NS, "e2e-atoms", "200000")
+                     .strip().splitlines()[-1])
+    assert put["rows"] == 200_000 and put["ticket"].startswith(f"ads1:{OPERATOR_NS}/e2e-atoms@")
+    log = run_atom("atom-get", "get", uri, put["ticket"], "200000")
+    assert log.startswith(f"ok: {put['ticket']} has 200000 rows"), log
+    # And from the host, with pyarrow through the ClusterIP.
+    got = client().do_get(flight.Ticket(put["ticket"])).read_all()
+    assert got.column("x").to_pylist() == list(range(200_000))
