@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 CARGO ?= cargo
 
-.PHONY: run test test-rust test-python test-cluster test-e2e venv build fmt lint clean-data
+.PHONY: run test test-rust test-python test-cluster test-e2e fuzz venv build fmt lint clean-data
 
 ## run: start a standalone Flight node (gRPC :8815, HTTP :8816, data in ./data)
 run:
@@ -38,8 +38,19 @@ test: venv build
 	FLIGHT_NODE_BIN=$(abspath target/debug/flight-node) $(VENV)/bin/python -m pytest -q clients/python/tests; \
 	$(VENV)/bin/python -m pytest -q tests/chart; \
 	FLIGHT_NODE_BIN=$(abspath target/debug/flight-node) tests/interop/run; \
+	FLIGHT_NODE_BIN=$(abspath target/debug/flight-node) tests/soak/run --short; \
 	$(MAKE) test-cluster
+	FUZZ_SEED=$${FUZZ_SEED:-1} $(MAKE) fuzz
 	$(MAKE) test-e2e
+
+## fuzz: every cargo-fuzz target of flight-node (flight-node/fuzz) for FUZZ_SECONDS each,
+## after replaying what earlier runs found; nightly, no sanitizer, build kept in ~/.cache.
+## Explores at random; `make test` runs it with a fixed seed (FUZZ_SEED) and a fixed number
+## of inputs, so the same tree always fuzzes the same way
+FUZZ_SECONDS ?= 30
+fuzz:
+	FUZZ_CACHE_DIR=$${FUZZ_CACHE_DIR:-$(HOME)/.cache/flight-node-fuzz} \
+	FUZZ_SANITIZER=$${FUZZ_SANITIZER:-none} flight-node/fuzz/run $(FUZZ_SECONDS)
 
 ## test-cluster: the operator against a real kube-apiserver + etcd (tests/k8s/control-plane);
 ## kube-apiserver is built with Go from the Go module proxy (cached in target/k8s)

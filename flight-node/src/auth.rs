@@ -137,6 +137,24 @@ impl Auth {
         self.authenticate_token(token.trim())
     }
 
+    /// A name for the caller's token, for per-token limits (a prefix of its digest, never
+    /// the token); None when authentication is off.
+    pub fn caller_key(&self, authorization: Option<&str>) -> Option<String> {
+        self.tokens.as_ref()?;
+        let header = authorization?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .unwrap_or(header)
+            .trim();
+        Some(
+            digest(token)[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        )
+    }
+
     /// Authenticates a raw token (from a handshake).
     pub fn authenticate_token(&self, token: &str) -> Result<Principal> {
         let Some(tokens) = &self.tokens else {

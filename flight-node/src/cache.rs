@@ -1,10 +1,12 @@
-//! The memory tier: versions held as the exact `FlightData` messages `DoGet` sends.
+//! The memory tier: parts of versions held as the exact `FlightData` messages `DoGet` sends.
 //!
-//! A table is encoded to Arrow IPC once, when it enters the cache; every `DoGet` afterwards
-//! streams clones of the same reference-counted buffers, so serving a cached table never
-//! encodes or copies it again. The cache is bounded by bytes and evicts the least recently
-//! used tables that no request is streaming. Data is durable before it is cached, so
-//! eviction never loses anything.
+//! The unit is one part of a version (see [`crate::placement`]: each part has its own
+//! owner in a pool, so a node may hold some parts of a version and not others). A part is
+//! encoded to Arrow IPC once, when it enters the cache; every `DoGet` afterwards streams
+//! clones of the same reference-counted buffers, so serving a cached part never encodes or
+//! copies it again. The schema message is the version's (from its manifest), sent first.
+//! The cache is bounded by bytes and evicts the least recently used parts that no request
+//! is streaming. Data is durable before it is cached, so eviction never loses anything.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,8 +24,11 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::name::DatasetId;
 
-/// Cache key: one version of one dataset.
+/// One version of one dataset.
 pub type CacheKey = (DatasetId, u64);
+
+/// Cache key: one part of one version.
+pub type PartKey = (DatasetId, u64, u32);
 
 /// A message of a `DoGet` stream. Messages encoded when a table enters the cache also hold
 /// their complete gRPC frame (prefix and protobuf fields): their header and body are slices
@@ -56,55 +61,6 @@ impl Drop for EncodedPart {
             drop(std::mem::take(&mut self.messages));
             crate::memory::release_after(self.bytes as u64);
         }
-    }
-}
-
-/// A whole version, ready to send.
-#[derive(Debug)]
-pub struct EncodedTable {
-    pub schema: SchemaRef,
-    /// The schema message every stream starts with.
-    pub schema_message: Message,
-    pub parts: Vec<Arc<EncodedPart>>,
-    pub bytes: usize,
-}
-
-impl EncodedTable {
-    /// A table whose stream starts with `head`, the schema message (as the uploader sent
-    /// it; see `Manifest::schema_flight_data`), or one encoded from `schema`.
-    pub fn new(
-        schema: SchemaRef,
-        head: Option<FlightData>,
-        parts: Vec<Arc<EncodedPart>>,
-    ) -> Result<Self> {
-        let schema_message = Message::from(match head {
-            Some(h) => h,
-            None => schema_message(&schema)?,
-        });
-        let bytes =
-            parts.iter().map(|p| p.bytes).sum::<usize>() + message_size(&schema_message.data);
-        Ok(Self {
-            schema,
-            schema_message,
-            parts,
-            bytes,
-        })
-    }
-
-    /// The messages for the whole table (`part = None`) or one part, schema first.
-    /// Cloning a `FlightData` clones reference-counted buffers, not data.
-    pub fn messages(
-        self: &Arc<Self>,
-        part: Option<usize>,
-    ) -> impl Iterator<Item = Message> + Send + 'static {
-        let this = Arc::clone(self);
-        let parts = match part {
-            Some(p) => p..p + 1,
-            None => 0..this.parts.len(),
-        };
-        let schema = std::iter::once(this.schema_message.clone());
-        let body = parts.flat_map(move |p| EncodedPart::messages(Arc::clone(&this.parts[p])));
-        schema.chain(body)
     }
 }
 
@@ -224,14 +180,18 @@ fn with_schema(schema: &SchemaRef, batch: RecordBatch) -> Result<RecordBatch> {
 #[serde(rename_all = "camelCase")]
 pub struct CacheStats {
     pub memory_used: u64,
+    /// Room held for uploads that will enter the cache when committed.
+    pub memory_reserved: u64,
     pub memory_limit: u64,
+    /// Versions of which at least one part is held.
     pub datasets_cached: u64,
+    pub parts_cached: u64,
     pub hits: u64,
     pub misses: u64,
     pub evictions: u64,
 }
 
-/// Byte-bounded LRU of encoded tables.
+/// Byte-bounded LRU of encoded parts.
 #[derive(Debug)]
 pub struct Cache {
     limit: usize,
@@ -243,8 +203,43 @@ pub struct Cache {
 
 #[derive(Debug)]
 struct State {
-    tables: LruCache<CacheKey, Arc<EncodedTable>>,
+    parts: LruCache<PartKey, Arc<EncodedPart>>,
     used: usize,
+    /// Room held for parts being built (uploads keeping their messages for the cache).
+    reserved: usize,
+}
+
+/// Room in the cache held for parts being built; given back when dropped, or turned into
+/// the parts by [`Cache::insert_reserved`].
+#[derive(Debug)]
+pub struct Reservation<'a> {
+    cache: &'a Cache,
+    bytes: usize,
+}
+
+impl Reservation<'_> {
+    /// Holds `more` bytes as well, evicting least recently used parts no request is
+    /// streaming; false (and nothing more held) when they cannot be made to fit.
+    pub fn grow(&mut self, more: usize) -> bool {
+        let mut st = self.cache.state();
+        if !self.cache.make_room(&mut st, more) {
+            return false;
+        }
+        st.reserved += more;
+        self.bytes += more;
+        true
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut st = self.cache.state();
+        st.reserved = st.reserved.saturating_sub(self.bytes);
+    }
 }
 
 impl Cache {
@@ -252,8 +247,9 @@ impl Cache {
         Self {
             limit: limit_bytes,
             state: Mutex::new(State {
-                tables: LruCache::unbounded(),
+                parts: LruCache::unbounded(),
                 used: 0,
+                reserved: 0,
             }),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -271,9 +267,9 @@ impl Cache {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Looks a version up, counting a hit or a miss.
-    pub fn get(&self, key: &CacheKey) -> Option<Arc<EncodedTable>> {
-        let found = self.state().tables.get(key).cloned();
+    /// Looks a part up, counting a hit or a miss.
+    pub fn get(&self, key: &PartKey) -> Option<Arc<EncodedPart>> {
+        let found = self.state().parts.get(key).cloned();
         let counter = if found.is_some() {
             &self.hits
         } else {
@@ -283,100 +279,142 @@ impl Cache {
         found
     }
 
-    /// Looks a version up without counting a hit or miss (for a second look under a lock).
-    pub fn peek(&self, key: &CacheKey) -> Option<Arc<EncodedTable>> {
-        self.state().tables.get(key).cloned()
+    /// Looks a part up without counting a hit or miss (for a second look under a lock).
+    pub fn peek(&self, key: &PartKey) -> Option<Arc<EncodedPart>> {
+        self.state().parts.get(key).cloned()
     }
 
-    /// Whether a table of this size could ever be cached.
+    /// Whether a part of this size could ever be cached.
     pub fn fits(&self, bytes: usize) -> bool {
         bytes <= self.limit
     }
 
-    /// Inserts a table, evicting least recently used tables that no request is streaming.
+    /// Empty room to hold for parts being built ([`Reservation::grow`] adds to it).
+    pub fn reserve(&self) -> Reservation<'_> {
+        Reservation {
+            cache: self,
+            bytes: 0,
+        }
+    }
+
+    /// Inserts a part, evicting least recently used parts that no request is streaming.
     /// Returns false (and caches nothing) when it cannot be made to fit.
-    pub fn insert(&self, key: CacheKey, table: Arc<EncodedTable>) -> bool {
-        if !self.fits(table.bytes) {
+    pub fn insert(&self, key: PartKey, part: Arc<EncodedPart>) -> bool {
+        self.insert_reserved(vec![(key, part)], self.reserve()) == 1
+    }
+
+    /// Inserts parts into room reserved for them (and whatever else they need); returns
+    /// how many went in (each needs its room: the others are left out).
+    pub fn insert_reserved(
+        &self,
+        parts: Vec<(PartKey, Arc<EncodedPart>)>,
+        mut room: Reservation<'_>,
+    ) -> usize {
+        let mut st = self.state();
+        // The reservation becomes the parts.
+        st.reserved = st.reserved.saturating_sub(room.bytes);
+        room.bytes = 0;
+        let mut inserted = 0;
+        for (key, part) in parts {
+            if !self.fits(part.bytes) {
+                continue;
+            }
+            if let Some(old) = st.parts.pop(&key) {
+                st.used -= old.bytes;
+            }
+            if !self.make_room(&mut st, part.bytes) {
+                continue;
+            }
+            st.used += part.bytes;
+            st.parts.put(key, part);
+            inserted += 1;
+        }
+        inserted
+    }
+
+    /// Evicts least recently used parts that no request is streaming until `need` more
+    /// bytes fit; false (nothing evicted) when they cannot.
+    fn make_room(&self, st: &mut State, need: usize) -> bool {
+        let held = st.used + st.reserved;
+        if held + need <= self.limit {
+            return true;
+        }
+        // Oldest first; skip parts a DoGet still holds (evicting them frees nothing).
+        let victims: Vec<PartKey> = st
+            .parts
+            .iter()
+            .rev()
+            .filter(|(_, t)| Arc::strong_count(t) == 1)
+            .scan(held + need, |want, (k, t)| {
+                if *want <= self.limit {
+                    return None;
+                }
+                *want -= t.bytes;
+                Some(k.clone())
+            })
+            .collect();
+        let freed: usize = victims
+            .iter()
+            .filter_map(|k| st.parts.peek(k).map(|t| t.bytes))
+            .sum();
+        if held + need - freed > self.limit {
             return false;
         }
-        let mut st = self.state();
-        if let Some(old) = st.tables.pop(&key) {
-            st.used -= old.bytes;
-        }
-        if st.used + table.bytes > self.limit {
-            // Oldest first; skip tables a DoGet still holds (evicting them frees nothing).
-            let victims: Vec<CacheKey> = st
-                .tables
-                .iter()
-                .rev()
-                .filter(|(_, t)| Arc::strong_count(t) == 1)
-                .scan(st.used + table.bytes, |need, (k, t)| {
-                    if *need <= self.limit {
-                        return None;
-                    }
-                    *need -= t.bytes;
-                    Some(k.clone())
-                })
-                .collect();
-            let freed: usize = victims
-                .iter()
-                .filter_map(|k| st.tables.peek(k).map(|t| t.bytes))
-                .sum();
-            if st.used + table.bytes - freed > self.limit {
-                return false;
-            }
-            for k in victims {
-                if let Some(t) = st.tables.pop(&k) {
-                    st.used -= t.bytes;
-                    self.evictions.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(dataset = %k.0, version = k.1, bytes = t.bytes, "evicted from memory");
-                }
+        for k in victims {
+            if let Some(t) = st.parts.pop(&k) {
+                st.used -= t.bytes;
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(dataset = %k.0, version = k.1, part = k.2, bytes = t.bytes, "evicted from memory");
             }
         }
-        st.used += table.bytes;
-        st.tables.put(key, table);
         true
     }
 
-    /// Drops one version (or all versions when `version` is None) of a dataset; returns
-    /// how many tables were dropped.
+    /// Drops one version (or all versions when `version` is None) of a dataset, every part
+    /// of it; returns how many versions had parts dropped.
     pub fn evict(&self, id: &DatasetId, version: Option<u64>) -> usize {
         let mut st = self.state();
-        let keys: Vec<CacheKey> = st
-            .tables
+        let keys: Vec<PartKey> = st
+            .parts
             .iter()
             .map(|(k, _)| k)
-            .filter(|(d, v)| d == id && version.is_none_or(|want| *v == want))
+            .filter(|(d, v, _)| d == id && version.is_none_or(|want| *v == want))
             .cloned()
             .collect();
+        let mut versions = std::collections::HashSet::new();
         for k in &keys {
-            if let Some(t) = st.tables.pop(k) {
+            if let Some(t) = st.parts.pop(k) {
                 st.used -= t.bytes;
                 self.evictions.fetch_add(1, Ordering::Relaxed);
+                versions.insert(k.1);
             }
         }
-        keys.len()
+        versions.len()
     }
 
-    /// Every cached version with its size, most recently used first.
-    pub fn entries(&self) -> Vec<(CacheKey, usize)> {
+    /// Every cached part with its size, most recently used first.
+    pub fn entries(&self) -> Vec<(PartKey, usize)> {
         self.state()
-            .tables
+            .parts
             .iter()
             .map(|(k, t)| (k.clone(), t.bytes))
             .collect()
     }
 
-    pub fn contains(&self, key: &CacheKey) -> bool {
-        self.state().tables.contains(key)
+    pub fn contains(&self, key: &PartKey) -> bool {
+        self.state().parts.contains(key)
     }
 
     pub fn stats(&self) -> CacheStats {
         let st = self.state();
+        let versions: std::collections::HashSet<(&DatasetId, u64)> =
+            st.parts.iter().map(|((d, v, _), _)| (d, *v)).collect();
         CacheStats {
             memory_used: st.used as u64,
+            memory_reserved: st.reserved as u64,
             memory_limit: self.limit as u64,
-            datasets_cached: st.tables.len() as u64,
+            datasets_cached: versions.len() as u64,
+            parts_cached: st.parts.len() as u64,
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
@@ -390,29 +428,35 @@ mod tests {
     use arrow::array::Int64Array;
     use arrow::datatypes::{DataType, Field, Schema};
 
-    fn table(rows: usize) -> Arc<EncodedTable> {
-        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]))
+    }
+
+    fn table(rows: usize) -> Arc<EncodedPart> {
         let batch = RecordBatch::try_new(
-            schema.clone(),
+            schema(),
             vec![Arc::new(Int64Array::from_iter_values(0..rows as i64))],
         )
         .unwrap();
-        let part = encode_part(&schema, &[batch], 1 << 20).unwrap();
-        Arc::new(EncodedTable::new(schema, None, vec![Arc::new(part)]).unwrap())
+        Arc::new(encode_part(&schema(), &[batch], 1 << 20).unwrap())
     }
 
-    fn key(name: &str, v: u64) -> CacheKey {
-        (DatasetId::new("ns", name).unwrap(), v)
+    fn key(name: &str, v: u64) -> PartKey {
+        part(name, v, 0)
+    }
+
+    fn part(name: &str, v: u64, p: u32) -> PartKey {
+        (DatasetId::new("ns", name).unwrap(), v, p)
     }
 
     #[test]
-    fn encodes_schema_then_batches() {
+    fn encodes_batches_that_decode_after_the_schema() {
         let t = table(1000);
-        let msgs: Vec<_> = t.messages(None).collect();
-        assert_eq!(msgs.len(), 2);
+        assert_eq!(t.messages.len(), 1);
         assert!(t.bytes >= 8000, "{}", t.bytes);
-        assert_eq!(t.parts[0].rows, 1000);
-        let msgs: Vec<FlightData> = msgs.into_iter().map(|m| m.data).collect();
+        assert_eq!(t.rows, 1000);
+        let mut msgs = vec![schema_message(&schema()).unwrap()];
+        msgs.extend(EncodedPart::messages(t).map(|m| m.data));
         let batches = arrow_flight::utils::flight_data_to_batches(&msgs).unwrap();
         assert_eq!(batches[0].num_rows(), 1000);
     }
@@ -458,11 +502,47 @@ mod tests {
         assert!(!cache.insert(key("a", 1), table(1000)));
         assert_eq!(cache.stats().memory_used, 0);
         let cache = Cache::new(1 << 20);
-        cache.insert(key("a", 1), table(10));
-        cache.insert(key("a", 2), table(10));
-        cache.insert(key("b", 1), table(10));
+        cache.insert(part("a", 1, 0), table(10));
+        cache.insert(part("a", 1, 1), table(10));
+        cache.insert(part("a", 2, 0), table(10));
+        cache.insert(part("b", 1, 0), table(10));
+        let s = cache.stats();
+        assert_eq!((s.datasets_cached, s.parts_cached), (3, 4));
         assert_eq!(cache.evict(&key("a", 0).0, Some(2)), 1);
+        // Both parts of version 1 go.
         assert_eq!(cache.evict(&key("a", 0).0, None), 1);
-        assert_eq!(cache.stats().datasets_cached, 1);
+        let s = cache.stats();
+        assert_eq!((s.datasets_cached, s.parts_cached), (1, 1));
+    }
+
+    #[test]
+    fn reserved_room_counts_against_the_limit_and_becomes_the_table() {
+        let one = table(1000).bytes;
+        let cache = Cache::new(one * 2 + one / 2);
+        assert!(cache.insert(key("a", 1), table(1000)));
+        assert!(cache.insert(key("b", 1), table(1000)));
+        let mut room = cache.reserve();
+        // Room for one more table: the least recently used one is evicted to make it.
+        assert!(room.grow(one));
+        assert!(!cache.contains(&key("a", 1)) && cache.contains(&key("b", 1)));
+        assert_eq!(cache.stats().memory_reserved, one as u64);
+        // More than the cache can hold: refused, and what was held stays held.
+        assert!(!room.grow(one * 2));
+        assert_eq!(room.bytes(), one);
+        // Nothing else can use the reserved room meanwhile.
+        let pinned = cache.get(&key("b", 1)).unwrap();
+        assert!(!cache.insert(key("c", 1), table(1000)));
+        drop(pinned);
+        assert_eq!(
+            cache.insert_reserved(vec![(key("d", 1), table(1000))], room),
+            1
+        );
+        let s = cache.stats();
+        assert_eq!((s.memory_reserved, s.memory_used), (0, 2 * one as u64));
+        // A reservation dropped unused gives its room back.
+        let mut room = cache.reserve();
+        assert!(room.grow(one / 4));
+        drop(room);
+        assert_eq!(cache.stats().memory_reserved, 0);
     }
 }

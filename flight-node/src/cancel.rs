@@ -81,6 +81,77 @@ where
     .boxed()
 }
 
+/// Ends a response stream whose consumer stopped asking for items: once an item has been
+/// handed out and `stall` passes without the next being asked for, a watchdog drops the
+/// inner stream (and with it every buffer and budget reservation it holds) and calls
+/// `on_stall`. If the consumer comes back, it gets `stalled(stall)` and then the end.
+///
+/// A server cannot see a client that stops reading any other way: the HTTP/2 layer stops
+/// polling a response body while the client's flow-control window is full.
+pub fn end_when_stalled<S, T>(
+    stream: S,
+    stall: std::time::Duration,
+    stalled: fn(std::time::Duration) -> T,
+    on_stall: impl FnOnce() + Send + 'static,
+) -> futures::stream::BoxStream<'static, T>
+where
+    S: futures::Stream<Item = T> + Send + Unpin + 'static,
+    T: Send + 'static,
+{
+    use futures::StreamExt;
+    let state = std::sync::Arc::new(std::sync::Mutex::new(Watched {
+        inner: Some(stream),
+        handed_out: None,
+        stalled: false,
+    }));
+    let weak = std::sync::Arc::downgrade(&state);
+    tokio::spawn(async move {
+        let tick = (stall / 4).max(std::time::Duration::from_millis(5));
+        loop {
+            tokio::time::sleep(tick).await;
+            let Some(state) = weak.upgrade() else { return };
+            let mut w = state.lock().unwrap_or_else(|p| p.into_inner());
+            if w.inner.is_none() {
+                return;
+            }
+            if w.handed_out.is_some_and(|t| t.elapsed() >= stall) {
+                let inner = w.inner.take();
+                w.stalled = true;
+                drop(w);
+                drop(inner);
+                on_stall();
+                return;
+            }
+        }
+    });
+    futures::stream::poll_fn(move |cx| {
+        let mut w = state.lock().unwrap_or_else(|p| p.into_inner());
+        if std::mem::take(&mut w.stalled) {
+            return std::task::Poll::Ready(Some(stalled(stall)));
+        }
+        w.handed_out = None;
+        let Some(inner) = w.inner.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let polled = inner.poll_next_unpin(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(_)) => w.handed_out = Some(std::time::Instant::now()),
+            std::task::Poll::Ready(None) => w.inner = None,
+            std::task::Poll::Pending => {}
+        }
+        polled
+    })
+    .boxed()
+}
+
+struct Watched<S> {
+    inner: Option<S>,
+    /// When the last item was handed out, until the next is asked for.
+    handed_out: Option<std::time::Instant>,
+    /// Set by the watchdog; the consumer gets the stall error once.
+    stalled: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +168,56 @@ mod tests {
         .collect()
         .await;
         assert_eq!(got, vec![Ok(1), Ok(2), Err("idle for 50ms".to_string())]);
+    }
+
+    #[tokio::test]
+    async fn a_stream_not_read_is_ended_and_its_items_dropped() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        struct Held(Arc<AtomicBool>);
+        impl Drop for Held {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(AtomicBool::new(false));
+        let held = Held(Arc::clone(&dropped));
+        let noticed = Arc::new(AtomicBool::new(false));
+        let items = futures::stream::iter(0..10).map(move |i| {
+            let _ = &held;
+            Ok::<_, String>(i)
+        });
+        let flag = Arc::clone(&noticed);
+        let mut s = end_when_stalled(
+            items,
+            Duration::from_millis(60),
+            |d| Err(format!("not read for {d:?}")),
+            move || flag.store(true, Ordering::SeqCst),
+        );
+        // A consumer that keeps reading, slowly but within the limit, gets everything.
+        for want in 0..3 {
+            assert_eq!(s.next().await, Some(Ok(want)));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!dropped.load(Ordering::SeqCst));
+        // One that stops: the inner stream is dropped while it is away.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(dropped.load(Ordering::SeqCst) && noticed.load(Ordering::SeqCst));
+        assert_eq!(s.next().await, Some(Err("not read for 60ms".to_string())));
+        assert_eq!(s.next().await, None);
+        // A stream read to its end is not reported.
+        let flag = Arc::new(AtomicBool::new(false));
+        let f = Arc::clone(&flag);
+        let all: Vec<_> = end_when_stalled(
+            futures::stream::iter([1, 2]),
+            Duration::from_millis(10),
+            |_| 0,
+            move || f.store(true, Ordering::SeqCst),
+        )
+        .collect()
+        .await;
+        assert_eq!(all, vec![1, 2]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!flag.load(Ordering::SeqCst));
     }
 }

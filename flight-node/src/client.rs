@@ -14,7 +14,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use crate::error::{Error, Result};
 use crate::manifest::PutResult;
 use crate::name::DatasetId;
-use crate::node::{DatasetRef, LoadRequest};
+use crate::node::{DatasetRef, LoadRequest, PreloadRequest, PreloadResult};
 use crate::service::{CONTRACT_HEADER, TTL_HEADER};
 
 /// Client for one node (or a Service in front of several).
@@ -183,13 +183,32 @@ impl NodeClient {
             .unwrap_or_default())
     }
 
-    /// `preload`: bring a version (the newest by default) into the node's memory; returns
-    /// whether it is cached now.
-    pub async fn preload(&mut self, id: &DatasetId, version: Option<u64>) -> Result<bool> {
-        let v: serde_json::Value = self
-            .action("preload", to_vec(&dataset_ref(id, version))?)
-            .await?;
-        Ok(v["cached"].as_bool().unwrap_or(false))
+    /// `preload`: bring a version (the newest by default) into the pool's memory, each part
+    /// on its owner; says how much of it is held now.
+    pub async fn preload(&mut self, id: &DatasetId, version: Option<u64>) -> Result<PreloadResult> {
+        let body = PreloadRequest {
+            namespace: id.namespace().into(),
+            name: id.name().into(),
+            version,
+            parts: None,
+        };
+        self.action("preload", to_vec(&body)?).await
+    }
+
+    /// `preload` of the given parts of a version, on this node only.
+    pub async fn preload_parts(
+        &mut self,
+        id: &DatasetId,
+        version: u64,
+        parts: Vec<u32>,
+    ) -> Result<PreloadResult> {
+        let body = PreloadRequest {
+            namespace: id.namespace().into(),
+            name: id.name().into(),
+            version: Some(version),
+            parts: Some(parts),
+        };
+        self.action("preload", to_vec(&body)?).await
     }
 
     /// `stats`: the node's cache figures as JSON.

@@ -29,7 +29,8 @@ pub struct Config {
     #[arg(long, env = "FLIGHT_STORAGE_URL", default_value = "file://./data")]
     pub storage_url: String,
 
-    /// S3 endpoint for MinIO or another S3-compatible server, e.g. http://minio:9000.
+    /// S3 endpoint for MinIO or another S3-compatible server, e.g. http://minio:9000
+    /// (AWS_ENDPOINT_URL or AWS_ENDPOINT when not given).
     #[arg(long, env = "FLIGHT_STORAGE_ENDPOINT")]
     pub storage_endpoint: Option<String>,
 
@@ -46,10 +47,17 @@ pub struct Config {
     pub storage_secret_access_key: Option<String>,
 
     /// Allow plain-HTTP storage endpoints (typical for MinIO inside a cluster).
+    /// AWS_ALLOW_HTTP=true does the same.
     #[arg(long = "allow-http", env = "FLIGHT_STORAGE_ALLOW_HTTP")]
     pub allow_http: bool,
 
-    /// Byte budget of the memory cache, e.g. 512MiB or 4GiB.
+    /// At start, check that the storage works (a listing, and writing and deleting a scratch
+    /// object) and exit naming the setting to fix if it does not: on or off.
+    #[arg(long, env = "FLIGHT_STORAGE_CHECK", default_value = "on", value_parser = ["on", "off"])]
+    pub storage_check: String,
+
+    /// Memory for data, e.g. 512MiB or 4GiB: the cache of tables plus --request-memory
+    /// (what requests hold beyond the cache). Leave room above it for the process itself.
     #[arg(long, env = "FLIGHT_MEMORY_LIMIT", default_value = "1GiB", value_parser = parse_size)]
     pub memory_limit: u64,
 
@@ -125,6 +133,55 @@ pub struct Config {
     #[arg(long, env = "FLIGHT_UPLOAD_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub upload_idle_timeout: Duration,
 
+    /// The part of --memory-limit for what requests hold beyond the cache: versions being
+    /// loaded from storage, parts a cold read or export is sending, upload batches until
+    /// stored. The cache gets the rest. Default: a quarter of --memory-limit.
+    #[arg(long, env = "FLIGHT_REQUEST_MEMORY", value_parser = parse_size)]
+    pub request_memory: Option<u64>,
+
+    /// How long a read waits for request memory before it is refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "FLIGHT_BUDGET_WAIT", default_value = "10s", value_parser = parse_duration)]
+    pub budget_wait: Duration,
+
+    /// Uploads (DoPut, HTTP CSV, load) one node runs at once; more are refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "FLIGHT_MAX_UPLOADS", default_value_t = 32)]
+    pub max_uploads: usize,
+
+    /// Uploads one token runs at once on a node (without authentication, only the node's cap
+    /// applies).
+    #[arg(long, env = "FLIGHT_MAX_UPLOADS_PER_TOKEN", default_value_t = 8)]
+    pub max_uploads_per_token: usize,
+
+    /// A DoGet or HTTP export whose client reads nothing for this long is ended and its
+    /// memory released; the client gets DEADLINE_EXCEEDED.
+    #[arg(long, env = "FLIGHT_STREAM_STALL_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub stream_stall_timeout: Duration,
+
+    /// A connection with no request in progress for this long is closed (gRPC: GOAWAY; clients
+    /// reconnect on their next call).
+    #[arg(long, env = "FLIGHT_IDLE_CONNECTION_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub idle_connection_timeout: Duration,
+
+    /// HTTP/2 keepalive on the gRPC port: a ping after this long without traffic; a client
+    /// that does not answer within --keepalive-timeout is disconnected.
+    #[arg(long, env = "FLIGHT_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub keepalive_interval: Duration,
+
+    /// How long a keepalive ping may go unanswered.
+    #[arg(long, env = "FLIGHT_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
+
+    /// HTTP port: a request's headers must arrive within this long.
+    #[arg(long, env = "FLIGHT_HTTP_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// A version released by all its consumers stays readable this long, then is deleted
+    /// (see the `release` action).
+    #[arg(long, env = "FLIGHT_RELEASE_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub release_grace: Duration,
+
     /// Log format: text or json.
     #[arg(long, env = "FLIGHT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -140,6 +197,23 @@ impl Config {
             secret_access_key: self.storage_secret_access_key.clone(),
             allow_http: self.allow_http,
         }
+    }
+
+    /// Request memory: `--request-memory`, or a quarter of `--memory-limit`.
+    pub fn request_memory(&self) -> u64 {
+        self.request_memory.unwrap_or(self.memory_limit / 4)
+    }
+
+    /// The cache's share of `--memory-limit`: what request memory leaves.
+    pub fn cache_limit(&self) -> std::result::Result<u64, String> {
+        let request = self.request_memory();
+        if request >= self.memory_limit {
+            return Err(format!(
+                "--request-memory ({request} bytes) must be smaller than --memory-limit ({} bytes): the cache gets the difference",
+                self.memory_limit
+            ));
+        }
+        Ok(self.memory_limit - request)
     }
 
     /// Defaults for tests: loopback on ephemeral ports, the given storage URL.

@@ -323,7 +323,7 @@ fn fill<R: Read>(input: &mut R, buf: &mut Vec<u8>, more: usize) -> Result<bool> 
 
 fn record_too_long(max: usize) -> Error {
     Error::invalid(format!(
-        "no CSV record ends within {} MiB: is a quote left open, or do lines end in a bare carriage return?",
+        "no CSV record ends within {} MiB: is a quote left open?",
         max >> 20
     ))
 }
@@ -408,17 +408,24 @@ impl Splitter {
                         self.state = Field::Unquoted;
                     }
                 }
-                Field::Unquoted => match memchr::memchr2(b'\n', QUOTE, &buf[i..]) {
+                // A record ends at `\n`, `\r\n` or a bare `\r`, as in arrow's reader. A cut
+                // between the two bytes of `\r\n` leaves an empty line, which it skips.
+                Field::Unquoted => match memchr::memchr3(b'\n', b'\r', QUOTE, &buf[i..]) {
                     None => i = buf.len(),
                     Some(k) => {
                         let at = i + k;
                         i = at + 1;
-                        if buf[at] == b'\n' {
+                        if buf[at] == b'\r' && buf.get(i) == Some(&b'\n') {
+                            // The `\n` ends the record.
+                        } else if buf[at] != QUOTE {
                             self.last_end = Some(i);
                             if first {
                                 break;
                             }
-                        } else if at == 0 || buf[at - 1] == self.delimiter || buf[at - 1] == b'\n' {
+                        } else if at == 0
+                            || matches!(buf[at - 1], b'\n' | b'\r')
+                            || buf[at - 1] == self.delimiter
+                        {
                             // A quote opens a quoted field only at the start of a field.
                             self.state = Field::Quoted;
                         }
@@ -457,6 +464,12 @@ fn sniff<R: Read>(
         head.extend_from_slice(&buf[..take]);
         input.consume(take);
     }
+    // Empty lines before the header are skipped, as arrow's reader skips every empty line.
+    let blank = head
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    head.drain(..blank);
     if head.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::invalid(
             "the CSV body is empty; expected a header row",
@@ -519,10 +532,16 @@ mod tests {
         // Whole, the last complete record ends at 44; fed a byte at a time, each end is seen.
         assert_eq!(ends(text, text.len()), vec![44]);
         let want = vec![10, 33, 44];
-        // Scanning in small pieces, as the body arrives, finds the same ends.
+        // Scanning in small pieces, as the body arrives, finds the same ends, and may cut
+        // between the bytes of the `\r\n` at 31 (leaving an empty line, which is skipped).
         for step in [1, 2] {
-            assert_eq!(ends(text, step), want, "step {step}");
+            let mut got = ends(text, step);
+            got.retain(|&e| e != 32);
+            assert_eq!(got, want, "step {step}");
         }
+        // A bare carriage return ends a record; a quoted one does not.
+        assert_eq!(ends(b"a,1\rb,\"x\ry\"\rc", 100), vec![12]);
+        assert_eq!(ends(b"a,1\rb,\"x\ry\"\rc", 1), vec![4, 12]);
     }
 
     fn schema() -> SchemaRef {
@@ -655,5 +674,116 @@ mod tests {
         assert!(batches.is_empty() && err.is_none());
         let (batches, err) = run(b"id,s", 1000, 2);
         assert!(batches.is_empty() && err.is_none());
+    }
+
+    /// Rows `parse` reads from `body` (schema inferred), or its error.
+    fn parse_body(body: &[u8]) -> std::result::Result<Vec<RecordBatch>, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (schema_tx, schema_rx) = oneshot::channel();
+        let (tx, mut rx) = mpsc::channel(1 << 10);
+        let reader = Cursor::new(body.to_vec());
+        let parsed = std::thread::scope(|scope| {
+            let handle = rt.handle().clone();
+            let worker = scope.spawn(move || {
+                let _runtime = handle.enter();
+                parse(reader, None, b',', schema_tx, tx)
+            });
+            let schema = rt.block_on(schema_rx).unwrap();
+            let mut batches = Vec::new();
+            while let Some(b) = rx.blocking_recv() {
+                batches.push(b.map_err(|e| e.to_string())?);
+            }
+            worker.join().unwrap().map_err(|e| e.to_string())?;
+            schema.map_err(|e| e.to_string())?;
+            Ok::<_, String>(batches)
+        });
+        parsed
+    }
+
+    /// What arrow's reader makes of the whole body (schema inferred the same way).
+    fn arrow_rows(body: &[u8]) -> Vec<RecordBatch> {
+        let format = Format::default().with_header(true);
+        let (schema, _) = format
+            .infer_schema(Cursor::new(body), Some(10_000))
+            .unwrap();
+        ReaderBuilder::new(Arc::new(schema))
+            .with_format(format)
+            .build(Cursor::new(body))
+            .unwrap()
+            .collect::<ArrowResult<Vec<_>>>()
+            .unwrap()
+    }
+
+    fn same_rows(a: &[RecordBatch], b: &[RecordBatch]) -> bool {
+        let (Some(first_a), Some(first_b)) = (a.first(), b.first()) else {
+            return a.iter().chain(b).all(|x| x.num_rows() == 0);
+        };
+        let a = arrow::compute::concat_batches(&first_a.schema(), a).unwrap();
+        let b = arrow::compute::concat_batches(&first_b.schema(), b).unwrap();
+        a == b
+    }
+
+    #[test]
+    fn empty_lines_before_the_header_are_skipped() {
+        for body in [
+            &b"\nid,s\n1,a\n"[..],
+            b"\r\n\r\nid,s\n1,a\n2,b",
+            b"\n\n\nid,s\r\n3,c\r\n",
+        ] {
+            let ours = parse_body(body).unwrap();
+            assert!(same_rows(&ours, &arrow_rows(body)), "{body:?}: {ours:?}");
+            assert_eq!(ours[0].schema().field(0).name(), "id");
+        }
+    }
+
+    #[test]
+    fn a_bare_carriage_return_ends_a_record_as_in_arrow() {
+        // Old Mac line ends, mixed line ends, and a quoted field holding a bare CR.
+        let bodies: [&[u8]; 3] = [
+            b"id,s\r1,a\r2,b\r",
+            b"id,s\r1,a\n2,b\r\n3,c\r4,d",
+            b"id,s\r1,\"x\ry\"\r2,\"q\"\r",
+        ];
+        for body in bodies {
+            let ours = parse_body(body).unwrap();
+            assert!(same_rows(&ours, &arrow_rows(body)), "{body:?}: {ours:?}");
+        }
+        // Cut anywhere, in particular between the two bytes of a CRLF, the rows are those
+        // of the whole body.
+        let mut body = String::from("id,s\r");
+        for i in 0..3000 {
+            let end = ["\r", "\n", "\r\n"][i % 3];
+            body.push_str(&format!("{i},\"v\r{i}\"{end}"));
+        }
+        let want = arrow_rows(body.as_bytes());
+        for (block, workers) in [(64, 2), (333, 3), (1000, 1)] {
+            let (got, err) = run(body.as_bytes(), block, workers);
+            assert_eq!(err, None);
+            let ids: Vec<i64> = got
+                .iter()
+                .flat_map(|b| {
+                    let a = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                    a.values().to_vec()
+                })
+                .collect();
+            assert_eq!(ids, (0..3000).collect::<Vec<i64>>(), "block {block}");
+            let s: Vec<String> = got
+                .iter()
+                .flat_map(|b| {
+                    let a = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+                    a.iter().map(|v| v.unwrap().to_string()).collect::<Vec<_>>()
+                })
+                .collect();
+            let w: Vec<String> = want
+                .iter()
+                .flat_map(|b| {
+                    let a = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+                    a.iter().map(|v| v.unwrap().to_string()).collect::<Vec<_>>()
+                })
+                .collect();
+            assert_eq!(s, w, "block {block}");
+        }
     }
 }

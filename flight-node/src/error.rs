@@ -32,6 +32,16 @@ pub enum Error {
     #[error("{0}")]
     ResourceExhausted(String),
 
+    /// A budget shared with other requests is in use (request memory, upload slots): the
+    /// same request may succeed later. RESOURCE_EXHAUSTED on gRPC, 429 on HTTP.
+    #[error("{0}")]
+    Busy(String),
+
+    /// The request does not apply to the object as it is (e.g. releasing a version that
+    /// declared no consumers).
+    #[error("{0}")]
+    FailedPrecondition(String),
+
     /// The product does not offer this method.
     #[error("{0}")]
     Unimplemented(String),
@@ -45,7 +55,7 @@ pub enum Error {
     Aborted(String),
 
     /// The object store failed.
-    #[error("failed to {action}: {source}")]
+    #[error("failed to {action}: {}", explain_storage(source))]
     Storage {
         action: String,
         #[source]
@@ -123,8 +133,9 @@ impl Error {
             Error::NotFound(_) => Code::NotFound,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
-            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::ResourceExhausted(_) | Error::Busy(_) => Code::ResourceExhausted,
             Error::Unimplemented(_) => Code::Unimplemented,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Aborted(_) => Code::Aborted,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Storage { source, .. } => match source {
@@ -140,12 +151,15 @@ impl Error {
 
     /// The HTTP status for the same failure, used by the HTTP side port.
     pub fn http_status(&self) -> u16 {
+        if matches!(self, Error::Busy(_)) {
+            return 429;
+        }
         match self.code() {
             Code::InvalidArgument => 400,
             Code::Unauthenticated => 401,
             Code::PermissionDenied => 403,
             Code::NotFound => 404,
-            Code::Aborted => 409,
+            Code::Aborted | Code::FailedPrecondition => 409,
             Code::DeadlineExceeded => 408,
             Code::ResourceExhausted => 413,
             Code::Unimplemented => 501,
@@ -212,5 +226,46 @@ impl From<arrow_flight::error::FlightError> for Error {
             FlightError::Arrow(e) => Error::InvalidArgument(format!("malformed Arrow data: {e}")),
             other => Error::InvalidArgument(format!("malformed Flight stream: {other}")),
         }
+    }
+}
+
+/// The object store's error as a sentence that says what to change, for the mistakes
+/// people make setting up S3 or MinIO; otherwise the error as it is.
+pub fn explain_storage(e: &object_store::Error) -> String {
+    let mut chain = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        source = s.source();
+    }
+    let hint = if chain.contains("URL scheme is not allowed")
+        || (chain.contains("builder error") && chain.contains("http://"))
+    {
+        Some("the storage endpoint is plain HTTP, which is off by default; pass --allow-http or set AWS_ALLOW_HTTP=true")
+    } else if chain.contains("169.254.169.254") {
+        Some("no storage credentials were given, and there is no cloud instance metadata service to get them from; set --storage-access-key-id and --storage-secret-access-key (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a web identity)")
+    } else if chain.contains("NoSuchBucket") || chain.contains("bucket does not exist") {
+        Some("the bucket does not exist; create it (e.g. `mc mb`) or correct the bucket in the storage URL")
+    } else if chain.contains("InvalidAccessKeyId") {
+        Some("the storage server does not know the access key id; check --storage-access-key-id or AWS_ACCESS_KEY_ID")
+    } else if chain.contains("SignatureDoesNotMatch") {
+        Some("the secret access key does not match the access key id; check --storage-secret-access-key or AWS_SECRET_ACCESS_KEY")
+    } else if chain.contains("AccessDenied") {
+        Some("the storage server denied access: the credentials lack permission on this bucket or prefix")
+    } else if chain.contains("Connection refused")
+        || chain.contains("dns error")
+        || chain.contains("error trying to connect")
+        || chain.contains("tcp connect error")
+    {
+        Some("cannot connect to the storage endpoint; is it running, and are --storage-endpoint / AWS_ENDPOINT_URL right?")
+    } else {
+        None
+    };
+    match hint {
+        // reqwest's "builder error" says nothing a user can act on.
+        Some(h) if chain.contains("builder error") => h.to_string(),
+        Some(h) => format!("{h} ({e})"),
+        None => e.to_string(),
     }
 }

@@ -29,7 +29,7 @@ use crate::auth::Auth;
 use crate::error::{Error, Result};
 use crate::name::DatasetId;
 use crate::node::{Node, PutOptions};
-use crate::service::{CONTRACT_HEADER, TTL_HEADER};
+use crate::service::{CONSUMERS_HEADER, CONTRACT_HEADER, TTL_HEADER};
 use crate::ticket::Ticket;
 
 #[derive(Clone)]
@@ -74,7 +74,10 @@ async fn readyz(State(s): State<AppState>) -> Response {
         Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Err(e)) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("storage unavailable: {e}\n"),
+            format!(
+                "storage unavailable: {}\n",
+                crate::error::explain_storage(&e)
+            ),
         )
             .into_response(),
         Err(_) => (
@@ -86,7 +89,10 @@ async fn readyz(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    let text = s.node.metrics().render(&s.node.cache().stats());
+    let text = s
+        .node
+        .metrics()
+        .render(&s.node.cache().stats(), &s.node.budgets().stats());
     (
         [(
             header::CONTENT_TYPE,
@@ -109,6 +115,7 @@ struct UploadQuery {
     ttl: Option<String>,
     contract: Option<String>,
     delimiter: Option<char>,
+    consumers: Option<String>,
 }
 
 async fn upload(
@@ -120,6 +127,12 @@ async fn upload(
 ) -> std::result::Result<Response, HttpError> {
     let id = DatasetId::new(namespace, name)?;
     authorize(&s, &headers, id.namespace())?;
+    let caller = s.auth.caller_key(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let _slot = s.node.budgets().upload_slot(caller.as_deref())?;
     let header_text = |name: &str| {
         headers
             .get(name)
@@ -128,6 +141,11 @@ async fn upload(
     };
     let ttl = q.ttl.or_else(|| header_text(TTL_HEADER));
     let contract = q.contract.or_else(|| header_text(CONTRACT_HEADER));
+    let consumers = q
+        .consumers
+        .or_else(|| header_text(CONSUMERS_HEADER))
+        .map(|c| crate::consumers::Consumers::parse(&c))
+        .transpose()?;
     let delimiter = q.delimiter.unwrap_or(',');
     if !delimiter.is_ascii() {
         return Err(Error::invalid("the delimiter must be one ASCII character").into());
@@ -137,6 +155,7 @@ async fn upload(
         contract,
         source: "http".into(),
         schema_message: None,
+        consumers,
     };
     let stream = crate::cancel::idle_timeout(
         body.into_data_stream(),
@@ -182,18 +201,60 @@ async fn export(
         None => s.node.latest(&id).await?,
     };
     let format = q.format.as_deref().unwrap_or("csv");
-    let batches = s.node.batches(&manifest);
-    let (content_type, body) = match format {
-        "csv" => ("text/csv", csv_body(batches)),
-        "json" => ("application/json", json_body(batches)),
+    // Text is made a slice of rows at a time, as the client reads.
+    let batches = s
+        .node
+        .batches(&manifest)
+        .map_ok(|b| {
+            let rows = b.num_rows();
+            futures::stream::iter(
+                (0..rows)
+                    .step_by(EXPORT_ROWS)
+                    .map(move |at| Ok(b.slice(at, EXPORT_ROWS.min(rows - at)))),
+            )
+        })
+        .try_flatten()
+        .boxed();
+    let chunks = match format {
+        "csv" => csv_chunks(batches),
+        "json" => json_chunks(batches),
         other => {
             return Err(Error::invalid(format!("unknown format {other:?}; use csv or json")).into())
         }
     };
-    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+    let content_type = if format == "csv" {
+        "text/csv"
+    } else {
+        "application/json"
+    };
+    let node = Arc::clone(&s.node);
+    let chunks = crate::cancel::end_when_stalled(
+        chunks,
+        s.node.limits().stream_stall_timeout,
+        |d| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the export was not read for {}s (--stream-stall-timeout)",
+                    d.as_secs_f64()
+                ),
+            ))
+        },
+        move || node.budgets().record_stall(),
+    );
+    Ok((
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(chunks),
+    )
+        .into_response())
 }
 
-fn csv_body(batches: futures::stream::BoxStream<'static, Result<RecordBatch>>) -> Body {
+/// Rows turned into text at a time by an export.
+const EXPORT_ROWS: usize = 8192;
+
+type Chunks = futures::stream::BoxStream<'static, std::io::Result<Bytes>>;
+
+fn csv_chunks(batches: futures::stream::BoxStream<'static, Result<RecordBatch>>) -> Chunks {
     let mut first = true;
     let stream = batches.map(move |b| {
         let batch = b?;
@@ -206,10 +267,12 @@ fn csv_body(batches: futures::stream::BoxStream<'static, Result<RecordBatch>>) -
         first = false;
         Ok::<_, Error>(Bytes::from(out))
     });
-    Body::from_stream(stream.map_err(|e| std::io::Error::other(e.to_string())))
+    stream
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .boxed()
 }
 
-fn json_body(batches: futures::stream::BoxStream<'static, Result<RecordBatch>>) -> Body {
+fn json_chunks(batches: futures::stream::BoxStream<'static, Result<RecordBatch>>) -> Chunks {
     let mut first = true;
     let records = batches.map(move |b| {
         let batch = b?;
@@ -238,5 +301,7 @@ fn json_body(batches: futures::stream::BoxStream<'static, Result<RecordBatch>>) 
         .chain(futures::stream::once(async {
             Ok(Bytes::from_static(b"]"))
         }));
-    Body::from_stream(stream.map_err(|e: Error| std::io::Error::other(e.to_string())))
+    stream
+        .map_err(|e: Error| std::io::Error::other(e.to_string()))
+        .boxed()
 }

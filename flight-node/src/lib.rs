@@ -8,19 +8,24 @@
 //! Modules: [`service`] (the Flight RPCs), [`node`] (the logic behind them), [`http`] (probes,
 //! metrics, CSV upload/export), [`config`] (flags), [`server`] (start/stop), [`client`]
 //! (a Rust client), [`versions`] (the version lifecycle and its invariants), [`contract`],
-//! [`auth`], [`placement`], [`name`], [`ttl`].
+//! [`auth`], [`placement`] (which node owns each part) and [`fanout`] (work spread over the
+//! pool), [`name`], [`ttl`].
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod budget;
 pub mod cache;
 pub mod cancel;
 pub mod client;
 pub mod config;
+pub mod conn;
+pub mod consumers;
 pub mod contract;
 pub mod csv;
 pub mod dictionary;
 pub mod encode;
 pub mod error;
+pub mod fanout;
 pub mod http;
 pub mod manifest;
 pub mod memory;

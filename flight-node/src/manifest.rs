@@ -13,6 +13,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::consumers::Consumers;
 use crate::contract::type_to_string;
 use crate::encode::PartFormat;
 use crate::error::{Error, Result};
@@ -75,6 +76,9 @@ pub struct Manifest {
     pub expires_at: Option<DateTime<Utc>>,
     /// Where the data came from: `flight` (DoPut), `http` (CSV upload) or a source URL.
     pub source: String,
+    /// Declared consumers and their releases (see [`crate::consumers`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumers: Option<Consumers>,
 }
 
 impl Manifest {
@@ -137,6 +141,7 @@ impl Manifest {
             rows: self.rows,
             bytes: self.bytes,
             expires_at: self.expires_at,
+            consumers: self.consumers.as_ref().map(Consumers::view),
         })
     }
 }
@@ -154,6 +159,9 @@ pub struct PutResult {
     pub bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// Who has yet to release the version (versions uploaded with consumers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumers: Option<crate::consumers::ConsumersView>,
 }
 
 /// Stores a schema message exactly as a client sent it (a `FlightData.data_header`: the
@@ -250,6 +258,7 @@ pub(crate) mod tests_support {
             ttl_seconds: Some(60),
             expires_at: None,
             source: "flight".into(),
+            consumers: None,
         }
     }
 }

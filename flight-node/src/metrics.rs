@@ -10,6 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::budget::BudgetStats;
 use crate::cache::CacheStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -31,6 +32,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     upload_rows: Counter,
     upload_bytes: Counter,
+    upload_seconds: Histogram,
     sent_bytes: Counter,
     loads: Family<LoadLabels, Counter>,
     load_seconds: Histogram,
@@ -41,6 +43,18 @@ pub struct Metrics {
     cache_hits: Gauge<u64, AtomicU64>,
     cache_misses: Gauge<u64, AtomicU64>,
     cache_evictions: Gauge<u64, AtomicU64>,
+    cache_fill: Gauge<f64, AtomicU64>,
+    request_memory: Gauge<u64, AtomicU64>,
+    request_memory_limit: Gauge<u64, AtomicU64>,
+    uploads_active: Gauge<u64, AtomicU64>,
+    refused_memory: Gauge<u64, AtomicU64>,
+    refused_uploads: Gauge<u64, AtomicU64>,
+    stalled_streams: Gauge<u64, AtomicU64>,
+    connections_open: Gauge<u64, AtomicU64>,
+    connections_idle_closed: Counter,
+    releases: Counter,
+    released_versions: Counter,
+    release_deletes: Counter,
 }
 
 impl Default for Metrics {
@@ -69,6 +83,13 @@ impl Metrics {
             "upload_bytes",
             "Arrow bytes committed by uploads",
             upload_bytes.clone(),
+        );
+        // 5 ms to about 80 s.
+        let upload_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 15));
+        registry.register(
+            "upload_seconds",
+            "Time from an upload's start to its commit",
+            upload_seconds.clone(),
         );
         let sent_bytes = Counter::default();
         registry.register(
@@ -132,11 +153,85 @@ impl Metrics {
             "cache_evictions_total",
             "Tables evicted from memory",
         );
+        let cache_fill = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "cache_fill_ratio",
+            "Bytes held in the cache over its capacity (what an autoscaler scales a pool on)",
+            cache_fill.clone(),
+        );
+        let request_memory = gauge(
+            &mut registry,
+            "request_memory_bytes",
+            "Request memory in use: loads from storage, cold reads and exports (--request-memory)",
+        );
+        let request_memory_limit = gauge(
+            &mut registry,
+            "request_memory_limit_bytes",
+            "Byte budget of request memory",
+        );
+        let uploads_active = gauge(&mut registry, "uploads_active", "Uploads in progress");
+        let refused_memory = gauge(
+            &mut registry,
+            "refused_request_memory_total",
+            "Reads refused because request memory stayed in use for --budget-wait",
+        );
+        let refused_uploads = gauge(
+            &mut registry,
+            "refused_uploads_total",
+            "Uploads refused at --max-uploads or --max-uploads-per-token",
+        );
+        let stalled_streams = gauge(
+            &mut registry,
+            "stalled_streams_total",
+            "DoGet streams and exports ended because the client read nothing for --stream-stall-timeout",
+        );
+        let connections_open = gauge(
+            &mut registry,
+            "grpc_connections",
+            "Open connections on the gRPC port",
+        );
+        let connections_idle_closed = Counter::default();
+        registry.register(
+            "grpc_connections_idle_closed",
+            "Connections closed after --idle-connection-timeout without a request",
+            connections_idle_closed.clone(),
+        );
+        let releases = Counter::default();
+        registry.register(
+            "releases",
+            "Releases of versions by their consumers",
+            releases.clone(),
+        );
+        let released_versions = Counter::default();
+        registry.register(
+            "released_versions",
+            "Versions released by every declared consumer",
+            released_versions.clone(),
+        );
+        let release_deletes = Counter::default();
+        registry.register(
+            "release_deletes",
+            "Versions deleted because every consumer released them (not by TTL)",
+            release_deletes.clone(),
+        );
         Self {
             registry,
+            releases,
+            released_versions,
+            release_deletes,
+            cache_fill,
+            request_memory,
+            request_memory_limit,
+            uploads_active,
+            refused_memory,
+            refused_uploads,
+            stalled_streams,
+            connections_open,
+            connections_idle_closed,
             requests,
             upload_rows,
             upload_bytes,
+            upload_seconds,
             sent_bytes,
             loads,
             load_seconds,
@@ -159,9 +254,11 @@ impl Metrics {
             .inc();
     }
 
-    pub fn record_upload(&self, rows: u64, bytes: u64) {
+    /// A committed upload: its rows, Arrow bytes, and seconds from its start to its commit.
+    pub fn record_upload(&self, rows: u64, bytes: u64, seconds: f64) {
         self.upload_rows.inc_by(rows);
         self.upload_bytes.inc_by(bytes);
+        self.upload_seconds.observe(seconds);
     }
 
     /// A load from storage ended: its duration, and its Arrow bytes when it succeeded.
@@ -182,9 +279,49 @@ impl Metrics {
         self.sent_bytes.inc_by(bytes);
     }
 
-    /// Prometheus text exposition, with the cache figures read at scrape time.
-    pub fn render(&self, cache: &CacheStats) -> String {
+    /// A connection on the gRPC port opened (`true`) or closed.
+    pub fn record_connection(&self, opened: bool) {
+        if opened {
+            self.connections_open.inc();
+        } else {
+            self.connections_open.dec();
+        }
+    }
+
+    /// A consumer released a version; `completed` when it was the last one.
+    pub fn record_release(&self, completed: bool) {
+        self.releases.inc();
+        if completed {
+            self.released_versions.inc();
+        }
+    }
+
+    /// A version released by every consumer was deleted.
+    pub fn record_release_delete(&self) {
+        self.release_deletes.inc();
+    }
+
+    /// A connection was closed for being idle.
+    pub fn record_idle_close(&self) {
+        self.connections_idle_closed.inc();
+    }
+
+    /// Prometheus text exposition, with the cache and budget figures read at scrape time.
+    pub fn render(&self, cache: &CacheStats, budget: &BudgetStats) -> String {
+        self.request_memory.set(budget.request_memory_used);
+        self.request_memory_limit.set(budget.request_memory_limit);
+        self.uploads_active.set(budget.uploads_active);
+        self.refused_memory.set(budget.refused_memory);
+        self.refused_uploads.set(budget.refused_uploads);
+        self.stalled_streams.set(budget.stalled_streams);
         self.cache_used.set(cache.memory_used);
+        // Precision loss is irrelevant for a ratio.
+        #[allow(clippy::cast_precision_loss)]
+        self.cache_fill.set(if cache.memory_limit == 0 {
+            0.0
+        } else {
+            cache.memory_used as f64 / cache.memory_limit as f64
+        });
         self.cache_limit.set(cache.memory_limit);
         self.cache_tables.set(cache.datasets_cached);
         self.cache_hits.set(cache.hits);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use arrow_flight::FlightData;
+use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::{self, BoxStream};
@@ -19,8 +19,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::auth::Principal;
-use crate::cache::{Cache, CacheKey, CacheStats, EncodedPart, EncodedTable, Message};
+use crate::budget::{Budgets, MemoryPermit};
+use crate::cache::{Cache, CacheKey, CacheStats, EncodedPart, Message, PartKey, Reservation};
 use crate::config::Config;
+use crate::consumers::Consumers;
 use crate::contract::{Contract, Contracts};
 use crate::encode::{EncodedForStorage, PartEncoder, PartFormat};
 use crate::error::{Error, Result};
@@ -56,6 +58,10 @@ pub struct Limits {
     pub load_source_prefixes: Vec<String>,
     /// How long an upload may send nothing before it is abandoned.
     pub upload_idle_timeout: Duration,
+    /// How long a stream may go unread before it is ended.
+    pub stream_stall_timeout: Duration,
+    /// How long a version released by all its consumers stays readable.
+    pub release_grace: Duration,
 }
 
 impl Limits {
@@ -69,6 +75,8 @@ impl Limits {
             orphan_grace: c.orphan_grace,
             load_source_prefixes: c.load_source_prefixes.clone(),
             upload_idle_timeout: c.upload_idle_timeout,
+            stream_stall_timeout: c.stream_stall_timeout,
+            release_grace: c.release_grace,
         }
     }
 
@@ -94,6 +102,8 @@ pub struct PutOptions {
     /// The schema message exactly as a Flight client sent it (its `data_header`), kept and
     /// served back instead of a re-encoding of the decoded schema.
     pub schema_message: Option<Bytes>,
+    /// Who will read the version; it is deleted once they have all released it.
+    pub consumers: Option<Consumers>,
 }
 
 /// Body of the `load` action: ingest an object from the node's storage as a new version.
@@ -114,6 +124,53 @@ pub struct LoadRequest {
     /// CSV field delimiter (default `,`).
     #[serde(default)]
     pub delimiter: Option<char>,
+    /// Who will read the version: a count, names, or `"a,b"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumers: Option<crate::consumers::ConsumersSpec>,
+}
+
+/// Body of the `preload` action. Without `parts`, the node loads the parts it owns and
+/// asks each other owner in the pool for theirs; with `parts` (and `version`), it loads
+/// just those (what the first node asks of the others).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PreloadRequest {
+    #[serde(default = "default_ns")]
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<Vec<u32>>,
+}
+
+/// The `preload` action's answer: how much of the version is in memory across the pool.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PreloadResult {
+    pub version: u64,
+    /// Every part asked for is held in memory by its owner.
+    pub cached: bool,
+    /// Parts asked for (every part of the version, unless the request named some).
+    pub parts: u32,
+    /// Of those, the parts now in memory.
+    pub parts_cached: u32,
+    /// What each node did.
+    #[serde(default)]
+    pub nodes: Vec<NodePreload>,
+}
+
+/// One node's share of a `preload`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodePreload {
+    /// The node's advertised URI (empty for a standalone node).
+    pub node: String,
+    pub parts: u32,
+    pub cached: u32,
+    /// Why the node could not be asked, or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Body of the `delete` and `evict` actions.
@@ -140,18 +197,28 @@ pub struct NodeStats {
     /// Node-wide memory and cache counters; only for a token of every namespace.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheStats>,
-    /// The versions held in memory (what the operator reports as tier `Memory`).
+    /// Request memory, uploads and refusals; only for a token of every namespace.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<crate::budget::BudgetStats>,
+    /// The pool's nodes as this node sees them (its peers file, or only itself), sorted;
+    /// only for a token of every namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<String>>,
+    /// The versions of which this node holds parts in memory.
     pub tables: Vec<CachedTableInfo>,
 }
 
-/// One version held in memory.
+/// The parts of one version held in this node's memory.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct CachedTableInfo {
     pub namespace: String,
     pub name: String,
     pub version: u64,
+    /// Bytes of the parts held.
     pub bytes: u64,
+    /// The parts held (indices into the version's parts), in order.
+    pub parts: Vec<u32>,
 }
 
 /// A manifest this node read, with the ETag of its record.
@@ -166,25 +233,45 @@ pub struct Node {
     signer: Option<TicketSigner>,
     placement: Placement,
     limits: Limits,
+    budgets: Arc<Budgets>,
     metrics: Metrics,
     /// Manifests read, with the ETag of their record (checked before each use).
     manifests: Mutex<LruCache<CacheKey, KnownManifest>>,
-    loading: Mutex<HashMap<CacheKey, watch::Receiver<LoadProgress>>>,
+    loading: Mutex<HashMap<PartKey, LoadWatch>>,
+    /// Reads in flight per version (DoGet streams, exports): a version released by all its
+    /// consumers is deleted only once none is left.
+    reads: Arc<Mutex<HashMap<CacheKey, usize>>>,
 }
 
-/// A version being read from storage into memory. Parts are published in order as they
-/// are decoded, so readers stream the first part while later ones are still loading; the
-/// table enters the cache when its last part is in.
-#[derive(Debug, Clone, Default)]
-pub struct LoadProgress {
-    parts: Vec<Arc<EncodedPart>>,
-    outcome: Option<std::result::Result<(), Arc<Error>>>,
+/// A read in flight of one version; counted in `Node::reads` until dropped.
+struct ReadGuard {
+    reads: Arc<Mutex<HashMap<CacheKey, usize>>>,
+    key: CacheKey,
 }
 
-/// What a reader of a version that is not in memory gets.
-enum Loaded {
-    Cached(Arc<EncodedTable>),
-    Loading(watch::Receiver<LoadProgress>),
+impl Drop for ReadGuard {
+    fn drop(&mut self) {
+        let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = reads.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                reads.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// A part being read from storage into memory: `None` until the load ends.
+type LoadWatch = watch::Receiver<Option<std::result::Result<Arc<EncodedPart>, Arc<Error>>>>;
+
+/// What a `preload` did on one node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Preloaded {
+    /// Parts this node was asked to hold.
+    pub parts: u32,
+    /// Of those, the parts now in its memory.
+    pub cached: u32,
 }
 
 impl std::fmt::Debug for Node {
@@ -212,11 +299,18 @@ impl Node {
             signer,
             placement,
             limits,
+            budgets: Arc::new(Budgets::new(
+                (cache_limit / 4).max(64 << 20),
+                Duration::from_secs(10),
+                32,
+                8,
+            )),
             metrics: Metrics::new(),
             manifests: Mutex::new(LruCache::new(
                 NonZeroUsize::new(16_384).unwrap_or(NonZeroUsize::MIN),
             )),
             loading: Mutex::new(HashMap::new()),
+            reads: Arc::default(),
         }
     }
 
@@ -240,7 +334,14 @@ impl Node {
             None => None,
         };
         let placement = Placement::new(c.advertise_uri.clone(), c.peers_file.clone())?;
-        let cache_limit = usize::try_from(c.memory_limit).unwrap_or(usize::MAX);
+        let cache_limit =
+            usize::try_from(c.cache_limit().map_err(Error::Config)?).unwrap_or(usize::MAX);
+        let budgets = Budgets::new(
+            usize::try_from(c.request_memory()).unwrap_or(usize::MAX),
+            c.budget_wait,
+            c.max_uploads,
+            c.max_uploads_per_token,
+        );
         Ok(Self::new(
             storage,
             cache_limit,
@@ -248,7 +349,19 @@ impl Node {
             signer,
             placement,
             Limits::from_config(c),
-        ))
+        )
+        .with_budgets(budgets))
+    }
+
+    /// Replaces the default budgets (a quarter of the cache for request memory, 10 s wait,
+    /// 32 uploads, 8 per token).
+    pub fn with_budgets(mut self, budgets: Budgets) -> Self {
+        self.budgets = Arc::new(budgets);
+        self
+    }
+
+    pub fn budgets(&self) -> &Arc<Budgets> {
+        &self.budgets
     }
 
     pub fn storage(&self) -> &Storage {
@@ -307,6 +420,7 @@ impl Node {
         if let Some(c) = &contract {
             c.check_schema(&schema)?;
         }
+        let started = std::time::Instant::now();
         let upload = self.versions.begin(&id, self.limits.marker_refresh());
         let upload_id = upload.upload_id().to_string();
         let mut w = PartWriter::new(
@@ -359,6 +473,7 @@ impl Node {
             ttl_seconds: ttl.map(|t| t.as_secs()),
             expires_at,
             source: opts.source,
+            consumers: opts.consumers.clone(),
         };
         // From here on the commit owns the parts: it runs to completion on its own task even
         // if this call goes away, and only it may remove them.
@@ -366,24 +481,23 @@ impl Node {
         let manifest = self.versions.commit(upload, manifest).await?;
         let key = (id, manifest.version);
         self.remember(key.clone(), manifest.clone(), None);
-        if let Some(parts) = w.encoded.take() {
-            let head = manifest.schema_flight_data()?;
-            match EncodedTable::new(
-                schema,
-                Some(head),
-                parts.into_iter().map(Arc::new).collect(),
-            ) {
-                Ok(t) => {
-                    self.cache.insert(key, Arc::new(t));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "failed to cache an upload; it will load on first read")
-                }
-            }
+        if let (Some(parts), Some(room)) = (w.encoded.take(), w.cache_room.take()) {
+            // The parts this node owns stay in memory; their owners load the others on
+            // first read (or preload).
+            let owned: Vec<(PartKey, Arc<EncodedPart>)> = (0u32..)
+                .zip(parts)
+                .filter(|(p, _)| self.placement.owns(&key.0, key.1, *p))
+                .map(|(p, part)| ((key.0.clone(), key.1, p), Arc::new(part)))
+                .collect();
+            self.cache.insert_reserved(owned, room);
         }
         drop(w);
         crate::memory::release_after(manifest.bytes);
-        self.metrics.record_upload(manifest.rows, manifest.bytes);
+        self.metrics.record_upload(
+            manifest.rows,
+            manifest.bytes,
+            started.elapsed().as_secs_f64(),
+        );
         tracing::info!(
             dataset = %manifest.dataset()?, version = manifest.version, rows = manifest.rows,
             bytes = manifest.bytes, parts = manifest.parts.len(), "committed upload"
@@ -466,6 +580,11 @@ impl Node {
             contract: req.contract.clone(),
             source: req.source.clone(),
             schema_message: None,
+            consumers: req
+                .consumers
+                .as_ref()
+                .map(crate::consumers::ConsumersSpec::to_consumers)
+                .transpose()?,
         };
         match format.as_str() {
             "csv" => {
@@ -623,221 +742,336 @@ impl Node {
         Ok(self.remember((id.clone(), m.version), m, etag))
     }
 
-    /// The Flight messages of a version (or one part), schema first. Served from memory;
-    /// on a miss the version is loaded from Parquet once (concurrent readers wait for that
-    /// one load) and cached, or streamed part by part when it cannot fit the cache.
+    /// The Flight messages of a version (or one part), schema first. Each part is served
+    /// from memory; on a miss it is loaded from storage once (concurrent readers wait for
+    /// that one load, which outlives them) and cached, the next parts loading while the
+    /// first is sent. A whole version too large for the cache (or a part too large) streams
+    /// from storage one part at a time, under the request-memory budget, and is not cached.
     pub async fn stream(
         self: &Arc<Self>,
         manifest: &Manifest,
         part: Option<u32>,
     ) -> Result<BoxStream<'static, Result<Message>>> {
-        let id = manifest.dataset()?;
-        let key = (id, manifest.version);
-        let part = part.map(|p| p as usize);
-        if let Some(t) = self.cache.get(&key) {
-            return Ok(stream::iter(t.messages(part).map(Ok)).boxed());
-        }
-        let estimate = usize::try_from(manifest.bytes).unwrap_or(usize::MAX);
-        if self.cache.fits(estimate) {
-            match self.start_load(manifest)? {
-                Loaded::Cached(t) => return Ok(stream::iter(t.messages(part).map(Ok)).boxed()),
-                Loaded::Loading(progress) => {
-                    let head = Message::from(manifest.schema_flight_data()?);
-                    let range = match part {
-                        Some(p) => p..p + 1,
-                        None => 0..manifest.parts.len(),
-                    };
-                    return Ok(stream::once(async { Ok(head) })
-                        .chain(stream_loading(progress, range))
-                        .boxed());
-                }
-            }
-        }
-        // Too large for memory: stream part by part, one part resident at a time.
-        let schema = manifest.arrow_schema()?;
+        // Counted as a read in flight until the stream is dropped.
+        let guard = self.read_guard((manifest.dataset()?, manifest.version));
+        let messages = self.stream_messages(manifest, part)?;
+        Ok(holding(messages, guard).boxed())
+    }
+
+    fn stream_messages(
+        self: &Arc<Self>,
+        manifest: &Manifest,
+        part: Option<u32>,
+    ) -> Result<BoxStream<'static, Result<Message>>> {
         let head = Message::from(manifest.schema_flight_data()?);
-        let parts: Vec<PartInfo> = match part {
-            Some(p) => vec![manifest.parts[p].clone()],
-            None => manifest.parts.clone(),
+        let range = match part {
+            Some(p) => p..p + 1,
+            None => 0..u32::try_from(manifest.parts.len()).unwrap_or(u32::MAX),
         };
-        let storage = self.storage.clone();
-        let versions = self.versions.clone();
+        // A whole version larger than the cache would only push out everything else.
+        let cold = part.is_none()
+            && !self
+                .cache
+                .fits(usize::try_from(manifest.bytes).unwrap_or(usize::MAX));
+        let node = Arc::clone(self);
         let manifest = Arc::new(manifest.clone());
-        let target = self.limits.message_target();
-        let body = stream::iter(parts)
-            .then(move |p| {
-                let storage = storage.clone();
-                let versions = versions.clone();
+        let body = stream::iter(range)
+            .map(move |p| {
+                let node = Arc::clone(&node);
                 let manifest = Arc::clone(&manifest);
-                let schema = schema.clone();
-                async move {
-                    let loaded = storage.load_part(&p, READ_BATCH_ROWS, schema, target).await;
-                    let mut encoded = match loaded {
-                        Ok(e) => e,
-                        Err(e) => return Err(deleted_or(&versions, &manifest, e).await),
-                    };
-                    let messages = std::mem::take(&mut encoded.messages);
-                    Ok::<_, Error>(stream::iter(messages.into_iter().map(Ok)))
-                }
+                async move { node.part_messages(&manifest, p, cold).await }
             })
+            .buffered(if cold { 1 } else { LOAD_PARALLELISM })
             .try_flatten();
         Ok(stream::once(async { Ok(head) }).chain(body).boxed())
     }
 
-    /// The cached table of a version, loading it from storage once if it is missing (other
-    /// readers of the same version share that load). `None` when it cannot fit in memory.
-    pub async fn ensure_cached(
+    /// The messages of one part: from memory, or loaded into it, or (`cold`, or a part
+    /// larger than the cache) read from storage for this stream alone.
+    async fn part_messages(
         self: &Arc<Self>,
-        manifest: &Manifest,
-    ) -> Result<Option<Arc<EncodedTable>>> {
-        let key = (manifest.dataset()?, manifest.version);
-        if let Some(t) = self.cache.peek(&key) {
-            return Ok(Some(t));
+        manifest: &Arc<Manifest>,
+        part: u32,
+        cold: bool,
+    ) -> Result<BoxStream<'static, Result<Message>>> {
+        let info = manifest
+            .parts
+            .get(part as usize)
+            .ok_or_else(|| Error::Internal(format!("the manifest has no part {part}")))?;
+        let bytes = usize::try_from(info.bytes).unwrap_or(usize::MAX);
+        if !cold && self.cache.fits(bytes) {
+            let cached = self.cached_part(manifest, part, true).await?;
+            return Ok(stream::iter(EncodedPart::messages(cached).map(Ok)).boxed());
         }
-        let estimate = usize::try_from(manifest.bytes).unwrap_or(usize::MAX);
-        if !self.cache.fits(estimate) {
-            return Ok(None);
+        // Reading takes about twice the part (its file and its messages); the messages are
+        // held until sent.
+        let mut permit = self
+            .budgets
+            .reserve(
+                bytes.saturating_mul(2),
+                "a cold read of a version larger than the cache",
+            )
+            .await?;
+        let schema = manifest.arrow_schema()?;
+        let target = self.limits.message_target();
+        let loaded = self
+            .storage
+            .load_part(info, READ_BATCH_ROWS, schema, target)
+            .await;
+        let mut encoded = match loaded {
+            Ok(e) => e,
+            Err(e) => return Err(deleted_or(&self.versions, manifest, e).await),
+        };
+        permit.shrink_to(encoded.bytes);
+        let messages = std::mem::take(&mut encoded.messages);
+        // The reservation lives as long as the part's messages are unsent.
+        Ok(holding(stream::iter(messages.into_iter().map(Ok)), permit).boxed())
+    }
+
+    /// One part of a version in memory, loading it from storage once if it is missing
+    /// (other readers of the part share that load, which runs on its own task: a reader
+    /// that goes away does not stop it). `count` says whether the look-up counts as a cache
+    /// hit or miss (reads do, preloads do not).
+    async fn cached_part(
+        self: &Arc<Self>,
+        manifest: &Arc<Manifest>,
+        part: u32,
+        count: bool,
+    ) -> Result<Arc<EncodedPart>> {
+        let key = (manifest.dataset()?, manifest.version, part);
+        let found = if count {
+            self.cache.get(&key)
+        } else {
+            self.cache.peek(&key)
+        };
+        if let Some(p) = found {
+            return Ok(p);
         }
-        match self.start_load(manifest)? {
-            Loaded::Cached(t) => Ok(Some(t)),
-            Loaded::Loading(mut progress) => {
-                let outcome = progress
-                    .wait_for(|p| p.outcome.is_some())
-                    .await
-                    .map_err(|_| Error::Internal("loading the version stopped".into()))?
-                    .outcome
-                    .clone();
-                match outcome {
-                    Some(Err(e)) => Err(Error::Shared(e)),
-                    _ => Ok(self.cache.peek(&key)),
-                }
-            }
+        let mut progress = self.start_load(manifest, key)?;
+        let outcome = progress
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| Error::Internal("loading the part stopped".into()))?
+            .clone();
+        match outcome {
+            Some(Ok(p)) => Ok(p),
+            Some(Err(e)) => Err(Error::Shared(e)),
+            None => Err(Error::Internal("loading the part stopped".into())),
         }
     }
 
-    /// Starts loading a version into memory, or joins the load in progress. The load runs
-    /// in its own task: a reader that goes away does not stop it.
-    fn start_load(self: &Arc<Self>, manifest: &Manifest) -> Result<Loaded> {
-        let key = (manifest.dataset()?, manifest.version);
+    /// Starts loading a part into memory, or joins the load in progress.
+    fn start_load(self: &Arc<Self>, manifest: &Arc<Manifest>, key: PartKey) -> Result<LoadWatch> {
         let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
         // Checked under the lock the finished load takes to leave the map.
-        if let Some(t) = self.cache.peek(&key) {
-            return Ok(Loaded::Cached(t));
+        if let Some(p) = self.cache.peek(&key) {
+            return Ok(watch::channel(Some(Ok(p))).1);
         }
         if let Some(progress) = loading.get(&key) {
-            return Ok(Loaded::Loading(progress.clone()));
+            return Ok(progress.clone());
         }
-        let (tx, rx) = watch::channel(LoadProgress::default());
+        let info = manifest
+            .parts
+            .get(key.2 as usize)
+            .cloned()
+            .ok_or_else(|| Error::Internal(format!("the manifest has no part {}", key.2)))?;
+        let (tx, rx) = watch::channel(None);
         loading.insert(key.clone(), rx.clone());
         drop(loading);
         let node = Arc::clone(self);
-        let manifest = manifest.clone();
+        let manifest = Arc::clone(manifest);
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let result = node.load_table(&manifest, &tx).await;
+            // What a load holds until its part is in the cache.
+            let bytes = usize::try_from(info.bytes).unwrap_or(usize::MAX);
+            let result = match node
+                .budgets
+                .reserve(bytes, "loading a version from storage")
+                .await
+            {
+                Ok(permit) => {
+                    let r = node.load_part(&manifest, &info).await;
+                    drop(permit);
+                    r
+                }
+                Err(e) => Err(e),
+            };
             let outcome = {
                 let mut loading = node.loading.lock().unwrap_or_else(|p| p.into_inner());
                 let secs = started.elapsed().as_secs_f64();
                 node.metrics
-                    .record_load(secs, result.as_ref().ok().map(|t| t.bytes as u64));
+                    .record_load(secs, result.as_ref().ok().map(|p| p.bytes as u64));
                 let outcome = match result {
-                    Ok(table) => {
-                        tracing::info!(
-                            dataset = %key.0, version = key.1, bytes = table.bytes,
-                            parts = table.parts.len(), seconds = secs,
-                            mb_per_s = table.bytes as f64 / secs.max(1e-9) / 1e6,
-                            "loaded from storage into memory"
+                    Ok(part) => {
+                        tracing::debug!(
+                            dataset = %key.0, version = key.1, part = key.2, bytes = part.bytes,
+                            seconds = secs, "loaded a part from storage into memory"
                         );
-                        node.cache.insert(key.clone(), Arc::new(table));
-                        Ok(())
+                        let part = Arc::new(part);
+                        node.cache.insert(key.clone(), Arc::clone(&part));
+                        Ok(part)
                     }
                     Err(e) => {
-                        tracing::warn!(dataset = %key.0, version = key.1, error = %e, "failed to load a version from storage");
+                        tracing::warn!(dataset = %key.0, version = key.1, part = key.2, error = %e, "failed to load a part from storage");
                         Err(Arc::new(e))
                     }
                 };
                 loading.remove(&key);
                 outcome
             };
-            crate::memory::release_after(manifest.bytes);
-            tx.send_modify(|p| p.outcome = Some(outcome));
+            crate::memory::release_after(info.bytes);
+            tx.send_replace(Some(outcome));
         });
-        Ok(Loaded::Loading(rx))
+        Ok(rx)
+    }
+
+    async fn load_part(&self, manifest: &Manifest, info: &PartInfo) -> Result<EncodedPart> {
+        let schema = manifest.arrow_schema()?;
+        let target = self.limits.message_target();
+        match self
+            .storage
+            .load_part(info, READ_BATCH_ROWS, schema, target)
+            .await
+        {
+            Ok(part) => Ok(part),
+            Err(e) => Err(deleted_or(&self.versions, manifest, e).await),
+        }
+    }
+
+    /// One version of a dataset, or its newest unexpired one.
+    pub async fn version(&self, id: &DatasetId, version: Option<u64>) -> Result<Arc<Manifest>> {
+        match version {
+            Some(v) => self.resolve(&Ticket::new(id.clone(), v)).await,
+            None => self.latest(id).await,
+        }
     }
 
     /// The `preload` action: brings a version (the newest by default) into memory ahead of
-    /// its first read. Returns the manifest and whether it is now cached.
+    /// its first read: the given parts, or every part this node owns (all of them on a
+    /// standalone node). Returns the manifest and how many of those parts are now cached
+    /// (parts larger than the cache are not).
     pub async fn preload(
         self: &Arc<Self>,
         id: &DatasetId,
         version: Option<u64>,
-    ) -> Result<(Arc<Manifest>, bool)> {
-        let manifest = match version {
-            Some(v) => self.resolve(&Ticket::new(id.clone(), v)).await?,
-            None => self.latest(id).await?,
+        parts: Option<&[u32]>,
+    ) -> Result<(Arc<Manifest>, Preloaded)> {
+        let manifest = self.version(id, version).await?;
+        let count = u32::try_from(manifest.parts.len()).unwrap_or(u32::MAX);
+        let wanted: Vec<u32> = match parts {
+            Some(list) => {
+                if let Some(p) = list.iter().find(|p| **p >= count) {
+                    return Err(Error::not_found(format!(
+                        "version {} of dataset {id} has no part {p}",
+                        manifest.version
+                    )));
+                }
+                list.to_vec()
+            }
+            None => (0..count)
+                .filter(|p| self.placement.owns(id, manifest.version, *p))
+                .collect(),
         };
-        let cached = self.ensure_cached(&manifest).await?.is_some()
-            && self.cache.contains(&(id.clone(), manifest.version));
-        Ok((manifest, cached))
-    }
-
-    /// Reads every part of a version, publishing each (in order) as soon as it is ready.
-    async fn load_table(
-        &self,
-        manifest: &Manifest,
-        progress: &watch::Sender<LoadProgress>,
-    ) -> Result<EncodedTable> {
-        let schema = manifest.arrow_schema()?;
-        let target = self.limits.message_target();
-        let mut parts = stream::iter(manifest.parts.clone())
-            .map(|p| {
-                let storage = self.storage.clone();
-                let schema = schema.clone();
+        let node = Arc::clone(self);
+        let m = Arc::clone(&manifest);
+        let cached = stream::iter(wanted.clone())
+            .map(move |p| {
+                let node = Arc::clone(&node);
+                let m = Arc::clone(&m);
                 async move {
-                    match storage.load_part(&p, READ_BATCH_ROWS, schema, target).await {
-                        Ok(part) => Ok(part),
-                        Err(e) => Err(deleted_or(&self.versions, manifest, e).await),
+                    let bytes = usize::try_from(m.parts[p as usize].bytes).unwrap_or(usize::MAX);
+                    if !node.cache.fits(bytes) {
+                        return Ok(false);
                     }
+                    node.cached_part(&m, p, false).await?;
+                    Ok::<_, Error>(node.cache.contains(&(m.dataset()?, m.version, p)))
                 }
             })
-            .buffered(LOAD_PARALLELISM);
-        let mut loaded = Vec::with_capacity(manifest.parts.len());
-        while let Some(part) = parts.next().await {
-            let part = Arc::new(part?);
-            progress.send_modify(|p| p.parts.push(Arc::clone(&part)));
-            loaded.push(part);
-        }
-        drop(parts);
-        EncodedTable::new(schema, Some(manifest.schema_flight_data()?), loaded)
+            .buffered(LOAD_PARALLELISM)
+            .try_fold(0u32, |n, ok| async move { Ok(n + u32::from(ok)) })
+            .await?;
+        Ok((
+            manifest,
+            Preloaded {
+                parts: u32::try_from(wanted.len()).unwrap_or(u32::MAX),
+                cached,
+            },
+        ))
     }
 
     /// Record batches of a version (for the HTTP export), part by part.
     pub fn batches(&self, manifest: &Manifest) -> BoxStream<'static, Result<RecordBatch>> {
-        let storage = self.storage.clone();
-        let cached = manifest
+        let guard = manifest
             .dataset()
             .ok()
-            .and_then(|id| self.cache.get(&(id, manifest.version)));
-        match cached {
-            Some(t) => {
-                let msgs: Vec<FlightData> = t.messages(None).map(|m| m.data).collect();
-                let decoded =
-                    arrow_flight::utils::flight_data_to_batches(&msgs).map_err(Error::from);
-                stream::iter(match decoded {
-                    Ok(b) => b.into_iter().map(Ok).collect::<Vec<_>>(),
-                    Err(e) => vec![Err(e)],
-                })
-                .boxed()
-            }
-            None => stream::iter(manifest.parts.clone())
-                .then(move |p| {
-                    let storage = storage.clone();
-                    async move { storage.read_part(&p, READ_BATCH_ROWS).await }
-                })
-                .map_ok(|b| stream::iter(b.into_iter().map(Ok)))
-                .try_flatten()
-                .boxed(),
-        }
+            .map(|id| self.read_guard((id, manifest.version)));
+        holding(self.batches_of(manifest), guard).boxed()
+    }
+
+    fn batches_of(&self, manifest: &Manifest) -> BoxStream<'static, Result<RecordBatch>> {
+        let storage = self.storage.clone();
+        let budgets = Arc::clone(&self.budgets);
+        let head = manifest.schema_flight_data().map_err(Arc::new);
+        // The parts held in memory now; the others are read from storage as they come.
+        let id = manifest.dataset().ok();
+        let parts: Vec<(PartInfo, Option<Arc<EncodedPart>>)> = manifest
+            .parts
+            .iter()
+            .enumerate()
+            .map(|(i, info)| {
+                let cached = id.as_ref().and_then(|id| {
+                    let p = u32::try_from(i).ok()?;
+                    self.cache.get(&(id.clone(), manifest.version, p))
+                });
+                (info.clone(), cached)
+            })
+            .collect();
+        stream::iter(parts)
+            .then(move |(info, cached)| {
+                let storage = storage.clone();
+                let budgets = Arc::clone(&budgets);
+                let head = head.clone();
+                async move {
+                    if let Some(part) = cached {
+                        // Decoded one message at a time as the consumer asks: the batches
+                        // are views of the cached buffers, not copies.
+                        let head = head.map_err(Error::Shared)?;
+                        let messages = stream::iter(
+                            std::iter::once(head)
+                                .chain(EncodedPart::messages(part).map(|m| m.data)),
+                        )
+                        .map(Ok);
+                        return Ok::<_, Error>(
+                            FlightDataDecoder::new(messages)
+                                .filter_map(|d| {
+                                    futures::future::ready(match d {
+                                        Ok(d) => match d.payload {
+                                            DecodedPayload::RecordBatch(b) => Some(Ok(b)),
+                                            _ => None,
+                                        },
+                                        Err(e) => Some(Err(Error::from(e))),
+                                    })
+                                })
+                                .boxed(),
+                        );
+                    }
+                    // Reading holds the file and its decoded batches; the batches stay until
+                    // written out.
+                    let bytes = usize::try_from(info.bytes).unwrap_or(usize::MAX);
+                    let mut permit = budgets
+                        .reserve(
+                            bytes.saturating_mul(2),
+                            "an export of a version not in memory",
+                        )
+                        .await?;
+                    let batches = storage.read_part(&info, READ_BATCH_ROWS).await?;
+                    permit.shrink_to(batches.iter().map(batch_size).sum());
+                    // Held until the part's batches are written out.
+                    Ok(holding(stream::iter(batches.into_iter().map(Ok)), permit).boxed())
+                }
+            })
+            .try_flatten()
+            .boxed()
     }
 
     /// Newest unexpired version of every dataset, of the given namespaces or of all. A
@@ -920,29 +1154,214 @@ impl Node {
         Ok(self.remember((ticket.dataset.clone(), ticket.version), m, etag))
     }
 
+    /// The `release` action: a consumer is done with a version. The release that
+    /// completes its consumers schedules its deletion after `--release-grace`.
+    pub async fn release(
+        self: &Arc<Self>,
+        ticket: &Ticket,
+        consumer: Option<&str>,
+    ) -> Result<Arc<Manifest>> {
+        let current = self.resolve(ticket).await?;
+        let grace = self.limits.release_grace;
+        let (m, completed) = self
+            .versions
+            .release(
+                &ticket.dataset,
+                current.version,
+                consumer,
+                grace,
+                Utc::now(),
+            )
+            .await?;
+        let key = (ticket.dataset.clone(), current.version);
+        let m = self.remember(key.clone(), m, None);
+        self.metrics.record_release(completed);
+        if completed {
+            tracing::info!(dataset = %key.0, version = key.1, grace_seconds = grace.as_secs_f64(), "released by every consumer; deleting after the grace period");
+            let node = Arc::clone(self);
+            tokio::spawn(async move { node.delete_released(key, grace).await });
+        }
+        Ok(m)
+    }
+
+    /// Deletes a version released by all its consumers once `grace` has passed and no read
+    /// of it is in flight on this node. (Its record already expires then, so other nodes
+    /// refuse new reads of it, and a node that stops before this runs leaves it to the TTL
+    /// clean-up.)
+    async fn delete_released(&self, key: CacheKey, grace: Duration) {
+        tokio::time::sleep(grace).await;
+        let started = std::time::Instant::now();
+        let mut logged = false;
+        while self.reading(&key) {
+            if !logged && started.elapsed() > Duration::from_secs(5) {
+                tracing::info!(dataset = %key.0, version = key.1, "waiting for reads in flight before deleting a released version");
+                logged = true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        match self.versions.delete_version(&key.0, key.1).await {
+            Ok(deleted) => {
+                if deleted {
+                    self.metrics.record_release_delete();
+                }
+                tracing::info!(dataset = %key.0, version = key.1, "deleted a version released by every consumer");
+            }
+            Err(e) => {
+                tracing::warn!(dataset = %key.0, version = key.1, error = %e, "failed to delete a released version; its expiry leaves it to the TTL clean-up")
+            }
+        }
+        self.cache.evict(&key.0, Some(key.1));
+        self.manifests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop(&key);
+    }
+
+    /// Whether a read of this version is in flight on this node.
+    pub fn reading(&self, key: &CacheKey) -> bool {
+        self.reads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(key)
+    }
+
+    /// Counts a read of `key` until the guard is dropped.
+    fn read_guard(&self, key: CacheKey) -> ReadGuard {
+        *self
+            .reads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_insert(0) += 1;
+        ReadGuard {
+            reads: Arc::clone(&self.reads),
+            key,
+        }
+    }
+
     /// The node's figures as `principal` may see them: the versions in memory of its
     /// namespaces only, and the node-wide counters (which sum over every namespace) only
     /// for a principal of every namespace.
     pub fn stats(&self, principal: &Principal) -> NodeStats {
         let everything = matches!(principal, Principal::Everything);
+        // Parts grouped by version, most recently used version first.
+        let mut tables: Vec<CachedTableInfo> = Vec::new();
+        let mut index: HashMap<CacheKey, usize> = HashMap::new();
+        for ((id, version, part), bytes) in self.cache.entries() {
+            if !principal.allows(id.namespace()) {
+                continue;
+            }
+            let i = *index.entry((id.clone(), version)).or_insert_with(|| {
+                tables.push(CachedTableInfo {
+                    namespace: id.namespace().to_string(),
+                    name: id.name().to_string(),
+                    version,
+                    bytes: 0,
+                    parts: Vec::new(),
+                });
+                tables.len() - 1
+            });
+            tables[i].bytes += bytes as u64;
+            tables[i].parts.push(part);
+        }
+        for t in &mut tables {
+            t.parts.sort_unstable();
+        }
         NodeStats {
             node: self.placement.advertise_uri().map(str::to_string),
             storage_url: self.storage.url().to_string(),
             cache: everything.then(|| self.cache.stats()),
-            tables: self
-                .cache
-                .entries()
-                .into_iter()
-                .filter(|((id, _), _)| principal.allows(id.namespace()))
-                .map(|((id, version), bytes)| CachedTableInfo {
-                    namespace: id.namespace().to_string(),
-                    name: id.name().to_string(),
-                    version,
-                    bytes: bytes as u64,
-                })
-                .collect(),
+            budget: everything.then(|| self.budgets.stats()),
+            peers: everything.then(|| {
+                let mut nodes = self.placement.nodes();
+                nodes.sort();
+                nodes
+            }),
+            tables,
         }
     }
+}
+
+/// Refuses an upload's schema unless every column has a type Arrow can hold arrays of. The
+/// IPC decoder accepts some types no array can have (a map whose entries are not a struct
+/// of key and value, for one); a batch of such a column would fail validation, but an
+/// upload of no batches would be stored and then break every read of it.
+pub fn check_schema(schema: &arrow::datatypes::Schema) -> Result<()> {
+    for field in schema.fields() {
+        check_type(field.name(), field.data_type())?;
+        // What a read of an empty version makes of the column; anything else arrow's
+        // array constructors refuse (by panicking) is caught here rather than later.
+        let data_type = field.data_type().clone();
+        let made = std::panic::catch_unwind(move || {
+            arrow::array::new_empty_array(&data_type)
+                .to_data()
+                .validate_full()
+        });
+        let problem = match made {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => crate::error::panic_message(&panic),
+        };
+        return Err(Error::invalid(format!(
+            "column {:?} has a type no Arrow array can have ({}): {problem}",
+            field.name(),
+            field.data_type()
+        )));
+    }
+    Ok(())
+}
+
+fn check_type(name: &str, data_type: &arrow::datatypes::DataType) -> Result<()> {
+    use arrow::datatypes::DataType;
+    if let DataType::Map(entries, _) = data_type {
+        let two = matches!(entries.data_type(), DataType::Struct(f) if f.len() == 2);
+        if !two {
+            return Err(Error::invalid(format!(
+                "column {name:?} is a map whose entries are {} instead of a struct of key and value",
+                entries.data_type()
+            )));
+        }
+    }
+    let children: Vec<&arrow::datatypes::Field> = match data_type {
+        DataType::List(f)
+        | DataType::LargeList(f)
+        | DataType::ListView(f)
+        | DataType::LargeListView(f)
+        | DataType::FixedSizeList(f, _)
+        | DataType::Map(f, _) => vec![f.as_ref()],
+        DataType::Struct(fields) => fields.iter().map(|f| f.as_ref()).collect(),
+        DataType::Union(fields, _) => fields.iter().map(|(_, f)| f.as_ref()).collect(),
+        DataType::RunEndEncoded(ends, values) => vec![ends.as_ref(), values.as_ref()],
+        DataType::Dictionary(_, values) => return check_type(name, values),
+        _ => Vec::new(),
+    };
+    for child in children {
+        check_type(name, child.data_type())?;
+    }
+    Ok(())
+}
+
+/// The most rows one record batch of an upload may hold: Arrow's Java and C# readers index
+/// rows with 32-bit integers, so a longer batch is unreadable to them.
+pub const MAX_BATCH_ROWS: usize = i32::MAX as usize;
+
+/// What a batch counts against `--max-upload-size`: its bytes, and at least one byte per
+/// row. Columns that take no space (no columns at all, the null type, zero-width
+/// fixed-size types) would otherwise let a few bytes claim any number of rows, and storing
+/// and reading rows costs time and memory in proportion to their number.
+pub fn upload_size(batch: &RecordBatch) -> usize {
+    batch_size(batch).max(batch.num_rows())
+}
+
+/// Refuses a record batch longer than [`MAX_BATCH_ROWS`].
+pub fn check_batch_rows(batch: &RecordBatch) -> Result<()> {
+    if batch.num_rows() > MAX_BATCH_ROWS {
+        return Err(Error::invalid(format!(
+            "a record batch of {} rows; at most {MAX_BATCH_ROWS} rows per batch (send more, smaller batches)",
+            batch.num_rows()
+        )));
+    }
+    Ok(())
 }
 
 /// Bytes of Arrow data a batch references. Unlike `get_array_memory_size`, a buffer shared
@@ -960,6 +1379,19 @@ pub fn batch_size(batch: &RecordBatch) -> usize {
         .sum()
 }
 
+/// `items`, keeping `held` (a budget reservation, a read guard) until the stream is done or
+/// dropped.
+fn holding<S, H>(items: S, held: H) -> impl Stream<Item = S::Item> + Send + 'static
+where
+    S: Stream + Send + 'static,
+    H: Send + 'static,
+{
+    items.map(move |item| {
+        let _held = &held;
+        item
+    })
+}
+
 /// A part found missing while reading a version: `NotFound` when the version was deleted
 /// meanwhile (a read racing a delete), otherwise the error as it is (the part is damaged).
 async fn deleted_or(versions: &Versions, manifest: &Manifest, e: Error) -> Error {
@@ -973,37 +1405,6 @@ async fn deleted_or(versions: &Versions, manifest: &Manifest, e: Error) -> Error
         Ok(Current::Gone(why)) => Error::NotFound(why),
         _ => e,
     }
-}
-
-/// The messages of parts `range` of a version being loaded, each part sent as soon as the
-/// load publishes it.
-fn stream_loading(
-    progress: watch::Receiver<LoadProgress>,
-    range: std::ops::Range<usize>,
-) -> impl Stream<Item = Result<Message>> + Send + 'static {
-    let end = range.end;
-    stream::unfold((progress, range.start), move |(mut rx, i)| async move {
-        if i >= end {
-            return None;
-        }
-        let next = match rx
-            .wait_for(|p| p.parts.len() > i || p.outcome.is_some())
-            .await
-        {
-            Err(_) => Err(Error::Internal("loading the version stopped".into())),
-            Ok(p) => match (p.parts.get(i), &p.outcome) {
-                (Some(part), _) => Ok(Arc::clone(part)),
-                (None, Some(Err(e))) => Err(Error::Shared(Arc::clone(e))),
-                (None, _) => Err(Error::Internal(format!(
-                    "the version was loaded without its part {i}"
-                ))),
-            },
-        };
-        let after = if next.is_ok() { i + 1 } else { end };
-        Some((next, (rx, after)))
-    })
-    .map_ok(|part| stream::iter(EncodedPart::messages(part).map(Ok)))
-    .try_flatten()
 }
 
 /// A part being encoded and stored: its description and, if cacheable, its messages.
@@ -1043,7 +1444,11 @@ struct PartWriter<'a> {
     written: Vec<Path>,
     /// Encoded parts for the cache while the upload still fits it.
     encoded: Option<Vec<EncodedPart>>,
-    encoded_bytes: usize,
+    /// Cache room held for the encoded parts (they count against `--memory-limit`).
+    cache_room: Option<Reservation<'a>>,
+    /// Request memory held for the part being received, and for the part being stored.
+    receiving: Option<MemoryPermit>,
+    storing: Option<MemoryPermit>,
     /// Set once the manifest references the parts; until then dropping the writer (an
     /// error, or the client cancelling the call) removes them.
     committed: bool,
@@ -1103,7 +1508,9 @@ impl<'a> PartWriter<'a> {
             parts: Vec::new(),
             written: Vec::new(),
             encoded: Some(Vec::new()),
-            encoded_bytes: 0,
+            cache_room: Some(node.cache.reserve()),
+            receiving: None,
+            storing: None,
             committed: false,
             in_flight: None,
         }
@@ -1112,7 +1519,9 @@ impl<'a> PartWriter<'a> {
     /// Accepts one batch; a batch larger than a part is cut (without copying) so that
     /// parts, and the endpoints clients fetch in parallel, stay near the part size.
     async fn push(&mut self, batch: RecordBatch) -> Result<()> {
-        let size = batch_size(&batch);
+        check_batch_rows(&batch)?;
+        let size = upload_size(&batch);
+        self.check_upload_size(size)?;
         let part_size = self.node.limits.part_size;
         if size > part_size && batch.num_rows() > 1 {
             let pieces = size.div_ceil(part_size);
@@ -1126,6 +1535,18 @@ impl<'a> PartWriter<'a> {
             return Ok(());
         }
         self.push_one(batch).await
+    }
+
+    /// Refuses the upload if `more` bytes would take it past `--max-upload-size`.
+    fn check_upload_size(&self, more: usize) -> Result<()> {
+        let max = self.node.limits.max_upload_size;
+        if self.arrow_bytes.saturating_add(more as u64) > max {
+            return Err(Error::ResourceExhausted(format!(
+                "upload exceeds the maximum upload size of {max} bytes (--max-upload-size; \
+                 every row counts at least one byte)"
+            )));
+        }
+        Ok(())
     }
 
     async fn push_one(&mut self, batch: RecordBatch) -> Result<()> {
@@ -1145,14 +1566,10 @@ impl<'a> PartWriter<'a> {
                 limits.max_upload_batches
             )));
         }
-        let size = batch_size(&batch);
+        let size = upload_size(&batch);
+        self.check_upload_size(size)?;
+        self.hold(size).await?;
         self.arrow_bytes += size as u64;
-        if self.arrow_bytes > limits.max_upload_size {
-            return Err(Error::ResourceExhausted(format!(
-                "upload exceeds the maximum upload size of {} bytes",
-                limits.max_upload_size
-            )));
-        }
         self.rows += batch.num_rows() as u64;
         self.pending_bytes += size;
         self.pending_rows += batch.num_rows();
@@ -1163,6 +1580,29 @@ impl<'a> PartWriter<'a> {
         } else if self.pending_rows >= STREAM_GROUP_ROWS || self.pending_bytes >= STREAM_GROUP_BYTES
         {
             self.send_group(false).await?;
+        }
+        Ok(())
+    }
+
+    /// Reserves request memory for a batch of `size` bytes until its part is stored (twice:
+    /// the batch and its share of the encoded file). When the budget is in use, the upload
+    /// first stores what it holds, then waits for the rest (`--budget-wait`).
+    async fn hold(&mut self, size: usize) -> Result<()> {
+        let bytes = size.saturating_mul(2);
+        let budgets = Arc::clone(&self.node.budgets);
+        let permit = match budgets.try_reserve_upload(bytes) {
+            Some(p) => p,
+            None => {
+                if self.part_bytes > 0 {
+                    self.flush().await?;
+                }
+                self.wait_for_part().await?;
+                budgets.reserve_upload(bytes, "an upload").await?
+            }
+        };
+        match &mut self.receiving {
+            Some(held) => held.merge(permit),
+            None => self.receiving = Some(permit),
         }
         Ok(())
     }
@@ -1226,6 +1666,7 @@ impl<'a> PartWriter<'a> {
         };
         drop(tx);
         self.wait_for_part().await?;
+        self.storing = self.receiving.take();
         let path = Storage::part_path(&self.id, &self.upload_id, self.written.len(), self.format);
         self.written.push(path.clone());
         let storage = self.node.storage.clone();
@@ -1260,16 +1701,18 @@ impl<'a> PartWriter<'a> {
         };
         let joined = task.await;
         self.in_flight = None;
+        self.storing = None;
         let (info, encoded) =
             joined.map_err(|e| Error::Internal(format!("part writer task failed: {e}")))??;
         self.parts.push(info);
         if let (Some(list), Some(part)) = (self.encoded.as_mut(), encoded) {
-            self.encoded_bytes += part.bytes;
-            if self.node.cache.fits(self.encoded_bytes) {
+            // Kept for the cache only if the cache has room for it (evicting older tables);
+            // otherwise the version is served from storage.
+            if self.cache_room.as_mut().is_some_and(|r| r.grow(part.bytes)) {
                 list.push(part);
             } else {
-                // Too large to cache: it will be served from storage.
                 self.encoded = None;
+                self.cache_room = None;
             }
         }
         Ok(())
@@ -1287,6 +1730,7 @@ mod tests {
     use super::*;
     use arrow::array::Int64Array;
     use arrow::datatypes::{DataType, Field, Schema};
+    use arrow_flight::FlightData;
     use object_store::memory::InMemory;
     use object_store::throttle::{ThrottleConfig, ThrottledStore};
     use object_store::{ObjectStore, ObjectStoreExt};
@@ -1308,6 +1752,8 @@ mod tests {
             orphan_grace: Duration::from_secs(3600),
             load_source_prefixes: Vec::new(),
             upload_idle_timeout: Duration::from_secs(60),
+            stream_stall_timeout: Duration::from_secs(60),
+            release_grace: Duration::from_secs(30),
         };
         let placement = Placement::new(None, None).unwrap();
         Arc::new(Node::new(
@@ -1356,66 +1802,77 @@ mod tests {
             .collect()
     }
 
+    fn metric(node: &Node, line: &str) -> u64 {
+        let text = node
+            .metrics()
+            .render(&node.cache().stats(), &node.budgets().stats());
+        text.lines()
+            .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in {text}"))
+    }
+
     /// A cold read streams the first part while later parts are still being read (a GET
-    /// takes 400 ms, two at a time, four parts), then the version is cached.
+    /// takes 400 ms, two at a time, four parts); each part is cached as it arrives.
     #[tokio::test]
     async fn a_cold_read_streams_parts_as_they_load() {
         let node = node(Arc::new(InMemory::new()), Duration::from_millis(400));
         let m = upload(&node).await;
-        let key = (m.dataset().unwrap(), m.version);
+        let part = |p: u32| (m.dataset().unwrap(), m.version, p);
         let mut s = node.stream(&m, None).await.unwrap();
         let mut got = vec![s.next().await.unwrap().unwrap()]; // the schema
         got.push(s.next().await.unwrap().unwrap()); // part 0
+        assert!(node.cache().peek(&part(0)).is_some());
         assert!(
-            node.cache().peek(&key).is_none(),
+            node.cache().peek(&part(3)).is_none(),
             "the first part came only after the whole version was loaded"
         );
         while let Some(m) = s.next().await {
             got.push(m.unwrap());
         }
         assert_eq!(rows(&got), (0..40_000).collect::<Vec<_>>());
-        assert!(node.cache().peek(&key).is_some());
-        let metrics = node.metrics().render(&node.cache().stats());
-        assert!(
-            metrics.contains("flight_storage_loads_total{result=\"ok\"} 1"),
-            "{metrics}"
+        assert!((0..4).all(|p| node.cache().peek(&part(p)).is_some()));
+        assert_eq!(
+            metric(&node, "flight_storage_loads_total{result=\"ok\"}"),
+            4
         );
-        assert!(
-            metrics.contains("flight_storage_load_seconds_count 1"),
-            "{metrics}"
-        );
+        assert_eq!(metric(&node, "flight_storage_load_seconds_count"), 4);
         // A single part of a version in memory.
-        let part: Vec<Message> = node
+        let one: Vec<Message> = node
             .stream(&m, Some(2))
             .await
             .unwrap()
             .map(|m| m.unwrap())
             .collect()
             .await;
-        assert_eq!(rows(&part), (20_000..30_000).collect::<Vec<_>>());
+        assert_eq!(rows(&one), (20_000..30_000).collect::<Vec<_>>());
+        assert_eq!(
+            metric(&node, "flight_storage_loads_total{result=\"ok\"}"),
+            4
+        );
     }
 
-    /// Readers that arrive during a load share it; a reader that goes away does not stop it.
+    /// Readers that arrive during a load of a part share it; a reader that goes away does
+    /// not stop it.
     #[tokio::test]
     async fn readers_share_one_load_that_outlives_them() {
-        let node = node(Arc::new(InMemory::new()), Duration::from_millis(100));
+        let node = node(Arc::new(InMemory::new()), Duration::from_millis(200));
         let m = upload(&node).await;
-        let key = (m.dataset().unwrap(), m.version);
-        let mut first = node.stream(&m, None).await.unwrap();
-        first.next().await.unwrap().unwrap();
-        let second = node.stream(&m, Some(3)).await.unwrap();
+        let key = (m.dataset().unwrap(), m.version, 3);
+        let mut first = node.stream(&m, Some(3)).await.unwrap();
+        first.next().await.unwrap().unwrap(); // the schema
+        let reading = tokio::spawn(async move { first.next().await.map(|r| r.is_ok()) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(node.loading.lock().unwrap().len(), 1);
-        drop(first);
+        let second = node.stream(&m, Some(3)).await.unwrap();
+        reading.abort();
         let part: Vec<Message> = second.map(|m| m.unwrap()).collect().await;
         assert_eq!(rows(&part), (30_000..40_000).collect::<Vec<_>>());
-        for _ in 0..100 {
-            if node.cache().peek(&key).is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         assert!(node.cache().peek(&key).is_some());
         assert!(node.loading.lock().unwrap().is_empty());
+        assert_eq!(
+            metric(&node, "flight_storage_loads_total{result=\"ok\"}"),
+            1
+        );
     }
 
     /// A part missing from storage fails every waiting reader with the same error, and a
@@ -1429,6 +1886,7 @@ mod tests {
             .delete(&Path::from(m.parts[3].path.as_str()))
             .await
             .unwrap();
+        let mut failed_loads = 0;
         for _ in 0..2 {
             let a = node.stream(&m, None).await.unwrap();
             let b = node.stream(&m, Some(3)).await.unwrap();
@@ -1439,14 +1897,23 @@ mod tests {
                 assert!(err.to_string().contains("missing from storage"), "{err}");
             }
             assert!(node.loading.lock().unwrap().is_empty());
+            // Each round tries the part again.
+            let now = metric(&node, "flight_storage_loads_total{result=\"error\"}");
+            assert!(now > failed_loads, "{now}");
+            failed_loads = now;
         }
-        let err = node.ensure_cached(&m).await.unwrap_err();
+        let id = m.dataset().unwrap();
+        let err = node
+            .preload(&id, Some(m.version), Some(&[3]))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("missing from storage"), "{err}");
-        let metrics = node.metrics().render(&node.cache().stats());
-        assert!(
-            metrics.contains("flight_storage_loads_total{result=\"error\"} 3"),
-            "{metrics}"
-        );
+        // The other parts are in memory.
+        let (_, done) = node
+            .preload(&id, Some(m.version), Some(&[0, 1, 2]))
+            .await
+            .unwrap();
+        assert_eq!((done.parts, done.cached), (3, 3));
     }
 
     /// A part whose footer is intact but whose first page is damaged fails while its
@@ -1477,7 +1944,163 @@ mod tests {
             text.contains("decode Parquet part") && text.contains(path.as_ref()),
             "{text}"
         );
-        let key = (m.dataset().unwrap(), m.version);
+        let key = (m.dataset().unwrap(), m.version, 1);
         assert!(node.cache().peek(&key).is_none());
+    }
+
+    /// A map column whose entries are not a struct of key and value is refused up front,
+    /// also nested, with a sentence naming the column; valid maps pass.
+    #[test]
+    fn schemas_with_types_no_array_can_have_are_refused() {
+        use arrow::datatypes::Fields;
+        let entries = |n: usize| {
+            let fields: Vec<Field> = (0..n)
+                .map(|i| Field::new(format!("f{i}"), DataType::Utf8, i > 0))
+                .collect();
+            Arc::new(Field::new(
+                "entries",
+                DataType::Struct(Fields::from(fields)),
+                false,
+            ))
+        };
+        let map = |n: usize| DataType::Map(entries(n), false);
+        let ok = Schema::new(vec![Field::new("m", map(2), true)]);
+        check_schema(&ok).unwrap();
+        for bad in [
+            Schema::new(vec![Field::new("m", map(1), true)]),
+            Schema::new(vec![Field::new(
+                "nested",
+                DataType::List(Arc::new(Field::new("item", map(3), true))),
+                true,
+            )]),
+        ] {
+            let err = check_schema(&bad).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            assert!(
+                err.to_string()
+                    .contains("instead of a struct of key and value"),
+                "{err}"
+            );
+        }
+    }
+
+    /// Batches whose columns take no space cannot claim rows for free: each row counts one
+    /// byte against the upload size, and a batch is at most `MAX_BATCH_ROWS` long. Nothing
+    /// of a refused upload is stored.
+    #[tokio::test]
+    async fn rows_without_bytes_count_against_the_upload_size() {
+        use arrow::array::{NullArray, RecordBatchOptions};
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let node = node(Arc::clone(&store), Duration::ZERO);
+        let nulls = Arc::new(Schema::new(vec![Field::new("n", DataType::Null, true)]));
+        let none = Arc::new(Schema::empty());
+        let no_columns = |rows: usize| {
+            let options = RecordBatchOptions::new().with_row_count(Some(rows));
+            RecordBatch::try_new_with_options(none.clone(), vec![], &options).unwrap()
+        };
+        let cases = [
+            // 1.5e9 null rows in a few bytes: over the 1 GiB limit of this node.
+            (
+                nulls.clone(),
+                RecordBatch::try_new(nulls.clone(), vec![Arc::new(NullArray::new(1_500_000_000))])
+                    .unwrap(),
+                "maximum upload size",
+            ),
+            (
+                none.clone(),
+                no_columns(6_600_000_000_000),
+                "rows per batch",
+            ),
+        ];
+        for (schema, batch, expect) in cases {
+            let id = DatasetId::new("ns", "empty").unwrap();
+            let err = node
+                .put(id, PutOptions::default(), schema, stream::iter([Ok(batch)]))
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains(expect), "{err}");
+        }
+        let stored = store.list(None).collect::<Vec<_>>().await;
+        assert!(
+            stored
+                .iter()
+                .all(|o| !o.as_ref().unwrap().location.as_ref().contains("/v")),
+            "{stored:?}"
+        );
+        // Within the limits such a table is stored and read back cold with its rows.
+        let id = DatasetId::new("ns", "nulls").unwrap();
+        let batch =
+            RecordBatch::try_new(nulls.clone(), vec![Arc::new(NullArray::new(3_000_000))]).unwrap();
+        let m = node
+            .put(
+                id.clone(),
+                PutOptions::default(),
+                nulls,
+                stream::iter([Ok(batch)]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(m.rows, 3_000_000);
+        node.evict(&id, None);
+        let messages: Vec<Message> = node
+            .stream(&m, None)
+            .await
+            .unwrap()
+            .map(|m| m.unwrap())
+            .collect()
+            .await;
+        let data: Vec<FlightData> = messages.iter().map(|m| m.data.clone()).collect();
+        let back = arrow_flight::utils::flight_data_to_batches(&data).unwrap();
+        assert_eq!(
+            back.iter().map(RecordBatch::num_rows).sum::<usize>(),
+            3_000_000
+        );
+    }
+
+    /// Uploads hold request memory for their batches until stored; with a budget smaller
+    /// than an upload, uploads store what they hold and go on (several at once, without
+    /// waiting for each other for ever), and everything is given back at the end.
+    #[tokio::test]
+    async fn uploads_stay_within_request_memory_and_do_not_deadlock() {
+        let storage = Storage::from_store(Arc::new(InMemory::new()), "memory://");
+        let mut limits = Limits::from_config(&Config::for_tests("memory://"));
+        limits.part_size = 16 << 20;
+        let budgets = Budgets::new(3 << 20, Duration::from_secs(20), 8, 8);
+        let node = Arc::new(
+            Node::new(
+                storage,
+                64 << 20,
+                Contracts::default(),
+                None,
+                Placement::new(None, None).unwrap(),
+                limits,
+            )
+            .with_budgets(budgets),
+        );
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let upload = |name: &'static str| {
+            let node = Arc::clone(&node);
+            let schema = schema.clone();
+            async move {
+                // 40 batches of 512 KiB: 20 MiB, seven times the budget.
+                let batches: Vec<Result<RecordBatch>> = (0..40)
+                    .map(|k| {
+                        let a = Int64Array::from_iter_values(k * 65_536..(k + 1) * 65_536);
+                        Ok(RecordBatch::try_new(schema.clone(), vec![Arc::new(a)]).unwrap())
+                    })
+                    .collect();
+                let id = DatasetId::new("ns", name).unwrap();
+                node.put(id, PutOptions::default(), schema, stream::iter(batches))
+                    .await
+            }
+        };
+        let (a, b, c) = tokio::join!(upload("a"), upload("b"), upload("c"));
+        for m in [a, b, c] {
+            let m = m.unwrap();
+            assert_eq!(m.rows, 40 * 65_536);
+            // The budget cut the upload into parts well below --part-size.
+            assert!(m.parts.len() > 1, "{} parts", m.parts.len());
+        }
+        assert_eq!(node.budgets().stats().request_memory_used, 0);
     }
 }

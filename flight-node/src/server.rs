@@ -10,7 +10,7 @@ use chrono::Utc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
+use tokio_stream::StreamExt;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::auth::Auth;
@@ -60,6 +60,10 @@ pub async fn start(config: Config) -> Result<RunningNode> {
         None => Auth::disabled(),
     });
     let node = Arc::new(Node::from_config(&config)?);
+    if config.storage_check == "on" {
+        node.storage().check(true).await?;
+    }
+    let mut peers = crate::fanout::Peers::default();
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
             // Several TLS back-ends are linked in; choose one for the process. An error only
@@ -69,7 +73,10 @@ pub async fn start(config: Config) -> Result<RunningNode> {
                 std::fs::read(p)
                     .map_err(|e| Error::Config(format!("failed to read {}: {e}", p.display())))
             };
-            Some(ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?)))
+            let cert = read(cert)?;
+            // Peers present the pool's certificate too: it is what this node trusts.
+            peers.ca_pem = Some(cert.clone());
+            Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, read(key)?)))
         }
         _ => None,
     };
@@ -89,7 +96,7 @@ pub async fn start(config: Config) -> Result<RunningNode> {
     let (shutdown, rx) = watch::channel(false);
 
     let max_message = usize::try_from(config.max_message_size).unwrap_or(usize::MAX);
-    let flight = FlightNodeService::new(Arc::clone(&node), Arc::clone(&auth));
+    let flight = FlightNodeService::new(Arc::clone(&node), Arc::clone(&auth)).with_peers(peers);
     let grpc_service = FlightServiceServer::new(flight.clone())
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
@@ -100,13 +107,25 @@ pub async fn start(config: Config) -> Result<RunningNode> {
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(1 << 20)
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .layer(crate::conn::TrackLayer)
         .layer(crate::cancel::layer());
     if let Some(tls) = tls {
         builder = builder
             .tls_config(tls)
             .map_err(|e| Error::Config(format!("invalid TLS certificate or key: {e}")))?;
     }
-    let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
+    let incoming = {
+        let node = Arc::clone(&node);
+        let idle = config.idle_connection_timeout;
+        tokio_stream::wrappers::TcpListenerStream::new(grpc).map(move |accepted| {
+            accepted.map(|socket| {
+                let _ = socket.set_nodelay(true);
+                crate::conn::IdleIo::new(socket, idle, Arc::clone(&node))
+            })
+        })
+    };
     let grpc_task = tokio::spawn({
         let rx = rx.clone();
         async move {
@@ -118,15 +137,12 @@ pub async fn start(config: Config) -> Result<RunningNode> {
         }
     });
     let app = crate::http::router(Arc::clone(&node), Arc::clone(&auth));
-    let http_task = tokio::spawn({
-        let rx = rx.clone();
-        async move {
-            axum::serve(http, app)
-                .with_graceful_shutdown(wait(rx))
-                .await
-                .map_err(|e| Error::Internal(format!("HTTP server failed: {e}")))
-        }
-    });
+    let http_task = tokio::spawn(serve_http(
+        http,
+        app,
+        config.http_header_timeout,
+        rx.clone(),
+    ));
     let housekeeping = tokio::spawn(housekeeping(Arc::clone(&node), config.orphan_grace, rx));
     tracing::info!(%grpc_addr, %http_addr, storage = node.storage().url(), "flight node serving");
     Ok(RunningNode {
@@ -144,6 +160,49 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     signal.await;
     tracing::info!("shutting down");
     running.shutdown().await
+}
+
+/// Serves the HTTP port: HTTP/1 (headers within `header_timeout`) and HTTP/2, until `stop`;
+/// then waits for requests in progress.
+async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    header_timeout: Duration,
+    stop: watch::Receiver<bool>,
+) -> Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let stopped = wait(stop);
+    tokio::pin!(stopped);
+    loop {
+        let socket = tokio::select! {
+            _ = &mut stopped => break,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => socket,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, then accept again.
+                    tracing::warn!(error = %e, "failed to accept an HTTP connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(socket), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
 }
 
 async fn wait(mut rx: watch::Receiver<bool>) {

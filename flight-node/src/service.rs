@@ -39,16 +39,21 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Auth, Principal};
+use crate::consumers::Consumers;
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 use crate::name::DatasetId;
-use crate::node::{DatasetRef, LoadRequest, Node, PutOptions};
+use crate::node::{
+    DatasetRef, LoadRequest, Node, NodePreload, PreloadRequest, PreloadResult, PutOptions,
+};
 use crate::ticket::Ticket;
 
 /// Header naming the TTL of an upload.
 pub const TTL_HEADER: &str = "x-flight-ttl";
 /// Header naming the data contract of an upload.
 pub const CONTRACT_HEADER: &str = "x-flight-contract";
+/// Header naming (`scorer,reporter`) or counting (`2`) the consumers of an upload.
+pub const CONSUMERS_HEADER: &str = "x-flight-consumers";
 /// Location that tells a client to reuse the connection it already has.
 pub const REUSE_CONNECTION: &str = "arrow-flight-reuse-connection://?";
 
@@ -59,8 +64,9 @@ pub const ACTIONS: &[(&str, &str)] = &[
     ("delete", "Delete a dataset or one version from storage and memory. Body: JSON {\"namespace\", \"name\", \"version\"?}. Result: JSON {\"deleted\": [versions]}."),
     ("evict", "Drop a dataset or one version from this node's memory only; storage keeps it. Body: JSON {\"namespace\", \"name\", \"version\"?}. Result: JSON {\"evicted\": n}."),
     ("stats", "The versions this node holds in memory (of the token's namespaces), and its memory and cache counters (to a token of every namespace). Body: empty. Result: JSON."),
-    ("preload", "Load a version (the newest by default) into this node's memory ahead of its first read. Body: JSON {\"namespace\", \"name\", \"version\"?}. Result: JSON {\"version\", \"cached\"}."),
-    ("load", "Ingest a CSV or Parquet object from the node's storage (under the namespace's own prefix, or a shared prefix the node allows) as a new version. Body: JSON {\"namespace\", \"name\", \"source\", \"format\"?, \"ttl\"?, \"contract\"?, \"delimiter\"?}. Result: the PutResult JSON."),
+    ("preload", "Load a version (the newest by default) into the pool's memory ahead of its first read: this node loads the parts it owns and asks each other part's owner for its parts. Body: JSON {\"namespace\", \"name\", \"version\"?, \"parts\"?} (with parts and version: load just those parts on this node). Result: JSON {\"version\", \"cached\" (every part is held), \"parts\", \"partsCached\", \"nodes\": [{\"node\", \"parts\", \"cached\", \"error\"?}]}."),
+    ("load", "Ingest a CSV or Parquet object from the node's storage (under the namespace's own prefix, or a shared prefix the node allows) as a new version. Body: JSON {\"namespace\", \"name\", \"source\", \"format\"?, \"ttl\"?, \"contract\"?, \"delimiter\"?, \"consumers\"?}. Result: the PutResult JSON."),
+    ("release", "A consumer is done with a version uploaded with x-flight-consumers; once every consumer has released it, it is deleted after --release-grace. Body: JSON {\"ticket\", \"consumer\"?} (consumer required for named consumers). Result: the PutResult JSON with the consumers still pending."),
     ("renew", "Extend a version's TTL lease. Body: JSON {\"ticket\", \"ttl\"}. Result: the PutResult JSON with the new expiresAt."),
     ("RenewFlightEndpoint", "Standard Flight lease renewal. Body: RenewFlightEndpointRequest (protobuf) whose endpoint carries the ticket; a later expiration_time sets it, the endpoint as returned extends the lease by the version's TTL. Result: the renewed FlightEndpoint (protobuf)."),
     ("CancelFlightInfo", "Standard Flight cancellation. Datasets are complete and immutable, so the answer is always CANCEL_STATUS_NOT_CANCELLABLE. Result: CancelFlightInfoResult (protobuf)."),
@@ -71,11 +77,27 @@ pub const ACTIONS: &[(&str, &str)] = &[
 pub struct FlightNodeService {
     node: Arc<Node>,
     auth: Arc<Auth>,
+    peers: Arc<crate::fanout::Peers>,
 }
 
 impl FlightNodeService {
     pub fn new(node: Arc<Node>, auth: Arc<Auth>) -> Self {
-        Self { node, auth }
+        Self {
+            node,
+            auth,
+            peers: Arc::default(),
+        }
+    }
+
+    /// How this node reaches its peers (certificates for TLS pools).
+    pub fn with_peers(mut self, peers: crate::fanout::Peers) -> Self {
+        self.peers = Arc::new(peers);
+        self
+    }
+
+    /// An upload slot for the caller (see [`crate::budget`]).
+    fn upload_slot(&self, caller: Option<String>) -> Result<crate::budget::UploadSlot> {
+        self.node.budgets().upload_slot(caller.as_deref())
     }
 
     fn principal(&self, metadata: &MetadataMap) -> Result<Principal> {
@@ -99,28 +121,32 @@ impl FlightNodeService {
         let id = m.dataset()?;
         let signer = self.node.signer();
         let ticket = m.ticket()?;
-        let mut locations = Vec::new();
-        if let Some(owner) = self.node.placement().owner(&id) {
-            locations.push(Location { uri: owner });
-        }
-        locations.push(Location {
-            uri: REUSE_CONNECTION.into(),
-        });
         let expiration = m.expires_at.map(timestamp);
-        let endpoint = |t: &Ticket| FlightEndpoint {
-            ticket: Some(FlightTicket {
-                ticket: Bytes::from(t.encode(signer)),
-            }),
-            location: locations.clone(),
-            expiration_time: expiration,
-            app_metadata: Bytes::new(),
+        // Each part's owner first (see `crate::placement`), then the connection in use:
+        // any node can serve any part, the owner serves it from memory.
+        let endpoint = |t: &Ticket, part: u32| {
+            let mut location = Vec::new();
+            if let Some(owner) = self.node.placement().part_owner(&id, m.version, part) {
+                location.push(Location { uri: owner });
+            }
+            location.push(Location {
+                uri: REUSE_CONNECTION.into(),
+            });
+            FlightEndpoint {
+                ticket: Some(FlightTicket {
+                    ticket: Bytes::from(t.encode(signer)),
+                }),
+                location,
+                expiration_time: expiration,
+                app_metadata: Bytes::new(),
+            }
         };
         let endpoints: Vec<FlightEndpoint> = if m.parts.len() > 1 {
-            (0..m.parts.len() as u32)
-                .map(|p| endpoint(&ticket.with_part(p)))
+            (0..u32::try_from(m.parts.len()).unwrap_or(u32::MAX))
+                .map(|p| endpoint(&ticket.with_part(p), p))
                 .collect()
         } else {
-            vec![endpoint(&ticket)]
+            vec![endpoint(&ticket, 0)]
         };
         let app_metadata = serde_json::to_vec(&m.put_result(signer)?)
             .map_err(|e| Error::Internal(format!("failed to encode flight info metadata: {e}")))?;
@@ -168,7 +194,21 @@ impl FlightNodeService {
         let ticket = Ticket::decode(ticket, self.node.signer())?;
         principal.check(ticket.dataset.namespace())?;
         let manifest = self.node.resolve(&ticket).await?;
-        self.node.stream(&manifest, ticket.part).await
+        let stream = self.node.stream(&manifest, ticket.part).await?;
+        // A client that stops reading does not hold the version (or a part read for it)
+        // for ever.
+        let node = Arc::clone(&self.node);
+        Ok(crate::cancel::end_when_stalled(
+            stream,
+            self.node.limits().stream_stall_timeout,
+            |d| {
+                Err(Error::DeadlineExceeded(format!(
+                    "the client read nothing for {}s; the stream was ended (--stream-stall-timeout)",
+                    d.as_secs_f64()
+                )))
+            },
+            move || node.budgets().record_stall(),
+        ))
     }
 
     /// Counts a finished request in the metrics.
@@ -201,11 +241,19 @@ impl FlightNodeService {
 
     async fn do_put_inner(&self, req: Request<Streaming<FlightData>>) -> Result<PutResult> {
         let principal = self.principal(req.metadata())?;
+        let caller = self.auth.caller_key(
+            req.metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+        );
         let ttl = match header(req.metadata(), TTL_HEADER)? {
             Some(t) => Some(crate::ttl::parse_ttl(&t)?),
             None => None,
         };
         let contract = header(req.metadata(), CONTRACT_HEADER)?;
+        let consumers = header(req.metadata(), CONSUMERS_HEADER)?
+            .map(|c| Consumers::parse(&c))
+            .transpose()?;
         let idle = self.node.limits().upload_idle_timeout;
         let mut inbound = crate::cancel::idle_timeout(req.into_inner(), idle, |d| {
             Status::deadline_exceeded(format!(
@@ -227,6 +275,7 @@ impl FlightNodeService {
         })?;
         let id = Self::descriptor_id(descriptor)?;
         principal.check(id.namespace())?;
+        let _slot = self.upload_slot(caller)?;
 
         let limits = self.node.limits().clone();
         let limited = stream::once(async { Ok(first) })
@@ -284,6 +333,7 @@ impl FlightNodeService {
                 None => return Err(Error::invalid("DoPut stream ended before a schema message")),
             }
         };
+        crate::node::check_schema(&schema)?;
         let batches = decoder.filter_map(|r| {
             futures::future::ready(match r {
                 Ok(d) => match d.payload {
@@ -303,6 +353,7 @@ impl FlightNodeService {
             contract,
             source: "flight".into(),
             schema_message: Some(schema_message),
+            consumers,
         };
         let manifest = self.node.put(id, opts, schema, batches).await?;
         let result = manifest.put_result(self.node.signer())?;
@@ -315,6 +366,18 @@ impl FlightNodeService {
 
     async fn do_action_inner(&self, req: Request<Action>) -> Result<Vec<Bytes>> {
         let principal = self.principal(req.metadata())?;
+        let authorization = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let caller = self.auth.caller_key(authorization);
+        // Forwarded to peers for work spread over the pool.
+        let token = authorization
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(|t| t.trim().to_string());
         let action = req.into_inner();
         let body = &action.body;
         match action.r#type.as_str() {
@@ -337,18 +400,67 @@ impl FlightNodeService {
             }
             "stats" => Ok(vec![to_json(&self.node.stats(&principal))?]),
             "preload" => {
-                let r: DatasetRef = json_body("preload", body)?;
+                let r: PreloadRequest = json_body("preload", body)?;
                 let id = DatasetId::new(r.namespace.as_str(), r.name.as_str())?;
                 principal.check(id.namespace())?;
-                let (m, cached) = self.node.preload(&id, r.version).await?;
-                Ok(vec![to_json(
-                    &serde_json::json!({ "version": m.version, "cached": cached }),
-                )?])
+                let result = match &r.parts {
+                    None => {
+                        crate::fanout::preload(
+                            &self.node,
+                            &self.peers,
+                            token.as_deref(),
+                            &id,
+                            r.version,
+                        )
+                        .await?
+                    }
+                    Some(parts) => {
+                        if r.version.is_none() {
+                            return Err(Error::invalid(
+                                "preload: \"parts\" name parts of one version; give \"version\" too",
+                            ));
+                        }
+                        let (m, done) = self.node.preload(&id, r.version, Some(parts)).await?;
+                        PreloadResult {
+                            version: m.version,
+                            cached: done.cached == done.parts,
+                            parts: done.parts,
+                            parts_cached: done.cached,
+                            nodes: vec![NodePreload {
+                                node: self
+                                    .node
+                                    .placement()
+                                    .advertise_uri()
+                                    .unwrap_or_default()
+                                    .into(),
+                                parts: done.parts,
+                                cached: done.cached,
+                                error: None,
+                            }],
+                        }
+                    }
+                };
+                Ok(vec![to_json(&result)?])
             }
             "load" => {
                 let r: LoadRequest = json_body("load", body)?;
                 principal.check(&r.namespace)?;
+                let _slot = self.upload_slot(caller)?;
                 let m = self.node.load(r).await?;
+                Ok(vec![to_json(&m.put_result(self.node.signer())?)?])
+            }
+            "release" => {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Release {
+                    ticket: String,
+                    #[serde(default)]
+                    consumer: Option<String>,
+                }
+                let r: Release = json_body("release", body)?;
+                let ticket = Ticket::decode(r.ticket.as_bytes(), self.node.signer())?;
+                principal.check(ticket.dataset.namespace())?;
+                let m = self.node.release(&ticket, r.consumer.as_deref()).await?;
                 Ok(vec![to_json(&m.put_result(self.node.signer())?)?])
             }
             "renew" => {

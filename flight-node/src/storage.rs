@@ -83,9 +83,13 @@ impl Storage {
             if bucket.len() < 3 {
                 return Err(bad("expected s3://<bucket>[/<prefix>]".into()));
             }
-            let mut b = AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .with_allow_http(config.allow_http);
+            // The standard AWS_* environment (AWS_ENDPOINT_URL or AWS_ENDPOINT,
+            // AWS_ALLOW_HTTP, AWS_REGION, keys, AWS_SESSION_TOKEN, web identity) applies;
+            // a flag given explicitly wins.
+            let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            if config.allow_http {
+                b = b.with_allow_http(true);
+            }
             if let Some(e) = &config.endpoint {
                 b = b.with_endpoint(e);
             }
@@ -124,6 +128,38 @@ impl Storage {
             url: url.to_string(),
             local_root,
         })
+    }
+
+    /// Checks that the store can be used: it answers a listing (the bucket exists and the
+    /// credentials work) and, when `write`, a scratch object can be written and removed.
+    /// The error is a sentence naming the setting to change.
+    pub async fn check(&self, write: bool) -> Result<()> {
+        let fail = |what: &str, e: object_store::Error| {
+            Error::Config(format!(
+                "storage {} is not usable ({what}): {}",
+                self.url,
+                crate::error::explain_storage(&e)
+            ))
+        };
+        self.store
+            .list_with_delimiter(None)
+            .await
+            .map_err(|e| fail("listing failed", e))?;
+        if write {
+            let path = Path::from(format!(
+                ".flight-node/check-{}",
+                ulid::Ulid::new().to_string().to_lowercase()
+            ));
+            self.store
+                .put(&path, PutPayload::from_static(b"ok"))
+                .await
+                .map_err(|e| fail("writing a scratch object failed", e))?;
+            self.store
+                .delete(&path)
+                .await
+                .map_err(|e| fail("deleting a scratch object failed", e))?;
+        }
+        Ok(())
     }
 
     /// Storage over any object store (tests wrap stores to slow them down or count calls).

@@ -453,31 +453,94 @@ impl Versions {
         expires_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<(Manifest, Option<String>)> {
+        let (m, _) = self
+            .update_live(id, version, now, MAX_SWAPS, ("renew", "renewed"), |m| {
+                m.expires_at = Some(expires_at);
+                Ok(Some(()))
+            })
+            .await?;
+        // The new ETag is read back by the next check of this record.
+        Ok((m, None))
+    }
+
+    /// Records a consumer's release of a live version (see [`crate::consumers`]). A
+    /// compare-and-swap on the record, so concurrent releases through any nodes all count.
+    /// The release that completes the set brings the expiry forward to `grace` from now.
+    /// Returns the record as written and whether this call completed the set.
+    pub async fn release(
+        &self,
+        id: &DatasetId,
+        version: u64,
+        consumer: Option<&str>,
+        grace: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<(Manifest, bool)> {
+        // Many consumers may release at once; each lost swap re-reads and retries.
+        let attempts = MAX_SWAPS * 4;
+        let (m, completed) = self
+            .update_live(id, version, now, attempts, ("release", "released"), |m| {
+                let Some(consumers) = m.consumers.as_mut() else {
+                    return Err(Error::FailedPrecondition(format!(
+                        "version {version} of dataset {id} declared no consumers; only \
+                         versions uploaded with x-flight-consumers are released"
+                    )));
+                };
+                if !consumers.release(consumer, now)? {
+                    return Ok(None);
+                }
+                let completed = consumers.is_done();
+                if completed {
+                    let end = crate::ttl::expires_at(now, grace).unwrap_or(now);
+                    m.expires_at = Some(m.expires_at.map_or(end, |e| e.min(end)));
+                }
+                Ok(Some(completed))
+            })
+            .await?;
+        Ok((m, completed.unwrap_or(false)))
+    }
+
+    /// A compare-and-swap on a live, unexpired version's record: `change` edits what was
+    /// read (or returns `None`: nothing to write), and the record is replaced only if it
+    /// is still the one read; otherwise it is read again, up to `attempts` times. A record
+    /// deleted or expired meanwhile is `NotFound`, so no change brings a version back.
+    /// `verb` names the operation in errors (`("renew", "renewed")`).
+    async fn update_live<T>(
+        &self,
+        id: &DatasetId,
+        version: u64,
+        now: DateTime<Utc>,
+        attempts: u32,
+        verb: (&str, &str),
+        mut change: impl FnMut(&mut Manifest) -> Result<Option<T>>,
+    ) -> Result<(Manifest, Option<T>)> {
         let path = Storage::manifest_path(id, version);
-        for _ in 0..MAX_SWAPS {
+        for _ in 0..attempts {
             let (mut m, etag) = self.read(id, version).await?;
             if m.is_expired(now) {
                 return Err(Error::not_found(format!(
                     "version {version} of dataset {id} has expired"
                 )));
             }
+            let Some(changed) = change(&mut m)? else {
+                return Ok((m, None));
+            };
             let Some(etag) = etag else {
                 return Err(Error::Internal(format!(
-                    "the store gave no ETag for {path}; cannot renew safely"
+                    "the store gave no ETag for {path}; cannot {} safely",
+                    verb.0
                 )));
             };
-            m.expires_at = Some(expires_at);
             if self
                 .storage
                 .replace(&path, Bytes::from(m.to_json()?), &etag)
                 .await?
             {
-                // The new ETag is read back by the next check of this record.
-                return Ok((m, None));
+                return Ok((m, Some(changed)));
             }
         }
         Err(Error::Aborted(format!(
-            "version {version} of {id} kept changing while it was renewed; retry"
+            "version {version} of {id} kept changing while it was {}; retry",
+            verb.1
         )))
     }
 

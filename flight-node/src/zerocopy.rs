@@ -318,6 +318,8 @@ mod tests {
             orphan_grace: std::time::Duration::from_secs(3600),
             load_source_prefixes: Vec::new(),
             upload_idle_timeout: std::time::Duration::from_secs(60),
+            stream_stall_timeout: std::time::Duration::from_secs(60),
+            release_grace: std::time::Duration::from_secs(30),
         };
         let placement = Placement::new(None, None).unwrap();
         let node = Arc::new(Node::new(
@@ -347,10 +349,10 @@ mod tests {
         node.put(id.clone(), PutOptions::default(), schema, stream)
             .await
             .unwrap();
-        let cached = node.cache().peek(&(id, 1)).unwrap();
+        let cached = node.cache().peek(&(id, 1, 0)).unwrap();
         // Each cached message is one frame; its header and body are slices of it.
         let mut cached_frames: Vec<*const u8> = Vec::new();
-        for m in &cached.parts[0].messages {
+        for m in &cached.messages {
             let frame = m.frame.as_ref().expect("cached messages are framed");
             let inside = |b: &Bytes| {
                 let (start, end) = (
@@ -450,6 +452,8 @@ mod tests {
             orphan_grace: std::time::Duration::from_secs(3600),
             load_source_prefixes: Vec::new(),
             upload_idle_timeout: std::time::Duration::from_secs(60),
+            stream_stall_timeout: std::time::Duration::from_secs(60),
+            release_grace: std::time::Duration::from_secs(30),
         };
         let node = Arc::new(Node::new(
             Storage::in_memory(),

@@ -878,7 +878,16 @@ async fn preload_brings_a_version_into_memory_and_stats_lists_it() {
     )
     .await
     .unwrap();
-    assert_eq!(r, serde_json::json!({"version": 1, "cached": true}));
+    assert_eq!(
+        (&r["version"], &r["cached"], &r["parts"], &r["partsCached"]),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!(true),
+            &serde_json::json!(1),
+            &serde_json::json!(1)
+        ),
+        "{r}"
+    );
     let s = action(&mut c, "stats", serde_json::Value::Null)
         .await
         .unwrap();
@@ -892,6 +901,7 @@ async fn preload_brings_a_version_into_memory_and_stats_lists_it() {
         ),
         (Some("ns"), Some("warm"), Some(1))
     );
+    assert_eq!(tables[0]["parts"], serde_json::json!([0]));
     // The first read after a preload is a hit.
     let misses = s["misses"].as_u64().unwrap();
     get(&mut c, "ads1:ns/warm@1").await.unwrap();

@@ -50,6 +50,9 @@ pub fn discovered_resource(
             contract,
             ttl: ttl_seconds.and_then(compact_ttl),
             preload: false,
+            // An upload's consumers live in its record; the status shows them.
+            consumers: None,
+            consumer_count: None,
         },
     );
     ds.metadata = ObjectMeta {

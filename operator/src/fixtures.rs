@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use flight_node::manifest::{Manifest, PutResult};
 use flight_node::name::DatasetId;
-use flight_node::node::LoadRequest;
+use flight_node::node::{LoadRequest, NodePreload, PreloadResult};
 use flight_node::storage::Storage;
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -48,6 +48,12 @@ pub struct FakeNodes {
     pub storage: Mutex<Option<(Storage, DateTime<Utc>)>>,
     /// Error every `load` returns instead.
     pub load_error: Mutex<Option<NodeError>>,
+    /// What `check_storage` answers (Ok when unset).
+    pub storage_problem: Mutex<Option<String>>,
+    /// What `cache` answers for every node (an error when unset).
+    pub cache: Mutex<Option<(u64, u64)>>,
+    /// `(parts, parts cached)` that `preload` answers (every part of three when unset).
+    pub preloaded: Mutex<Option<(u32, u32)>>,
 }
 
 impl FakeNodes {
@@ -58,6 +64,28 @@ impl FakeNodes {
 }
 
 impl NodeApi for FakeNodes {
+    fn cache(&self, target: NodeTarget) -> BoxFuture<'static, Result<(u64, u64), NodeError>> {
+        self.calls
+            .lock()
+            .expect("lock")
+            .push(("stats".into(), target.uri.clone()));
+        let cache = *self.cache.lock().expect("lock");
+        async move {
+            cache.ok_or(NodeError {
+                action: "stats",
+                uri: target.uri,
+                message: "no node runs in this test".into(),
+                permanent: false,
+            })
+        }
+        .boxed()
+    }
+
+    fn check_storage(&self, _storage: Storage) -> BoxFuture<'static, Result<(), String>> {
+        let problem = self.storage_problem.lock().expect("lock").clone();
+        async move { problem.map_or(Ok(()), Err) }.boxed()
+    }
+
     fn load(
         &self,
         target: NodeTarget,
@@ -110,13 +138,39 @@ impl NodeApi for FakeNodes {
         &self,
         target: NodeTarget,
         _id: DatasetId,
-        _version: u64,
-    ) -> BoxFuture<'static, Result<bool, NodeError>> {
+        version: u64,
+    ) -> BoxFuture<'static, Result<PreloadResult, NodeError>> {
         self.calls
             .lock()
             .expect("lock")
-            .push(("preload".into(), target.uri));
-        async move { Ok(true) }.boxed()
+            .push(("preload".into(), target.uri.clone()));
+        let (parts, cached) = self.preloaded.lock().expect("lock").unwrap_or((3, 3));
+        // Two nodes: the one asked holds its share, the other the rest (or is down).
+        let mine = parts.min(1);
+        let nodes = vec![
+            NodePreload {
+                node: target.uri,
+                parts: mine,
+                cached: cached.min(mine),
+                error: None,
+            },
+            NodePreload {
+                node: "grpc://other:8815".into(),
+                parts: parts - mine,
+                cached: cached.saturating_sub(mine),
+                error: (cached < parts).then(|| "connection refused".to_string()),
+            },
+        ];
+        async move {
+            Ok(PreloadResult {
+                version,
+                cached: cached == parts,
+                parts,
+                parts_cached: cached,
+                nodes,
+            })
+        }
+        .boxed()
     }
 }
 

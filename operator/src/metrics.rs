@@ -57,6 +57,8 @@ pub struct Metrics {
     datasets: Family<PhaseLabels, Gauge>,
     gc_deletions: Family<GcLabels, Counter>,
     discovered: Counter,
+    pending_consumers: Gauge,
+    expiring_soon: Gauge,
 }
 
 impl Default for Metrics {
@@ -97,6 +99,18 @@ impl Metrics {
         let datasets = Family::<PhaseLabels, Gauge>::default();
         let gc_deletions = Family::<GcLabels, Counter>::default();
         let discovered = Counter::default();
+        let expiring_soon = Gauge::default();
+        registry.register(
+            "datasets_expiring_soon",
+            "ArrowDatasets whose newest version expires within the hour",
+            expiring_soon.clone(),
+        );
+        let pending_consumers = Gauge::default();
+        registry.register(
+            "pending_consumers",
+            "Releases still expected for the newest versions of ArrowDatasets with consumers",
+            pending_consumers.clone(),
+        );
         registry.register("reconciles", "Reconciles started", reconciles.clone());
         registry.register("reconcile_errors", "Reconciles that failed", errors.clone());
         registry.register(
@@ -123,6 +137,8 @@ impl Metrics {
             datasets,
             gc_deletions,
             discovered,
+            pending_consumers,
+            expiring_soon,
         }
     }
 
@@ -171,6 +187,21 @@ impl Metrics {
                 })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
+        let pending: i64 = state
+            .iter()
+            .filter_map(|d| d.status.as_ref()?.consumers.as_ref())
+            .map(|c| (c.count - c.releases).max(0))
+            .sum();
+        self.pending_consumers.set(pending);
+        let soon = chrono::Utc::now() + chrono::Duration::hours(1);
+        let expiring = state
+            .iter()
+            .filter_map(|d| d.status.as_ref()?.expires_at.as_deref().map(str::to_owned))
+            .filter_map(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .filter(|t| *t <= soon)
+            .count();
+        self.expiring_soon
+            .set(i64::try_from(expiring).unwrap_or(i64::MAX));
     }
 
     /// The OpenMetrics text exposition.

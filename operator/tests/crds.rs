@@ -41,7 +41,19 @@ fn crds_carry_names_columns_and_validation() {
         .collect();
     assert_eq!(
         columns,
-        ["Pool", "Phase", "Rows", "Size", "Tier", "Expires", "Age", "Version", "Ticket"]
+        [
+            "Pool",
+            "Phase",
+            "Rows",
+            "Size",
+            "Tier",
+            "Hot",
+            "Expires",
+            "Age",
+            "Version",
+            "Ticket",
+            "Consumers"
+        ]
     );
     let ttl = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["ttl"];
     assert_eq!(
@@ -66,7 +78,7 @@ fn crds_carry_names_columns_and_validation() {
         .collect();
     assert_eq!(
         columns,
-        ["Replicas", "Ready", "Endpoint", "Datasets", "Age"]
+        ["Replicas", "Ready", "Endpoint", "Datasets", "Cached", "Capacity", "Fill", "Age"]
     );
 }
 

@@ -65,6 +65,8 @@ class Node:
     grpc_port: int = 0
     http_port: int = 0
     proc: subprocess.Popen | None = None
+    # Ports to listen on (the pool tests name them in a peers file before start).
+    fixed_ports: tuple[int, int] | None = None
     _clients: list = field(default_factory=list)
 
     @property
@@ -82,8 +84,7 @@ class Node:
 
     def start(self) -> "Node":
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        self.grpc_port = free_port()
-        self.http_port = free_port()
+        self.grpc_port, self.http_port = self.fixed_ports or (free_port(), free_port())
         cmd = [
             str(node_binary()),
             "--listen", f"127.0.0.1:{self.grpc_port}",
@@ -154,13 +155,14 @@ class Node:
 
 @pytest.fixture
 def node(tmp_path_factory, request):
-    """Factory: `node(*flags, storage_url=None, env=None)` starts a flight-node on a fresh
-    `file://` directory (or the given storage URL) and returns a running `Node`. Every node
+    """Factory: `node(*flags, storage_url=None, env=None, storage_dir=None, ports=None)`
+    starts a flight-node on a fresh `file://` directory (or the given storage URL or
+    directory; `ports` = (gRPC, HTTP) to listen on) and returns a running `Node`. Every node
     is stopped at teardown."""
     started: list[Node] = []
 
     def make(*flags: str, storage_url: str | None = None, env: dict | None = None,
-             storage_dir: Path | None = None) -> Node:
+             storage_dir: Path | None = None, ports: tuple[int, int] | None = None) -> Node:
         base = tmp_path_factory.mktemp("node")
         if storage_url is None:
             storage_dir = storage_dir or (base / "data")
@@ -170,7 +172,7 @@ def node(tmp_path_factory, request):
         full_env.setdefault("RUST_LOG", "info")
         full_env.update(env or {})
         n = Node(storage_dir=storage_dir, storage_url=storage_url, args=list(flags),
-                 env=full_env, log_path=base / "node.log")
+                 env=full_env, log_path=base / "node.log", fixed_ports=ports)
         started.append(n)
         return n.start()
 

@@ -335,7 +335,8 @@ def test_sigkill_stress_on_minio(node, minio):
     for u, res in acked.items():
         assert get_table(c, res["ticket"]).equals(sent[u]), f"acknowledged upload {u} differs"
     stats = fresh.stats(c)
-    assert stats["misses"] == len(acked) and stats["hits"] == 0, stats
+    # Every read came from storage (one miss per part of each version, nothing hot).
+    assert stats["misses"] >= len(acked) and stats["hits"] == 0, stats
 
     # Every visible version is exactly one of the tables sent, each upload at most once, and
     # every acknowledged upload under the version its PutResult named.

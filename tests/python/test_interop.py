@@ -280,7 +280,9 @@ def test_stats_shape(node):
     for key in ("hits", "misses", "evictions"):
         assert isinstance(stats[key], int)
     assert stats["storageUrl"] == n.storage_url
-    assert 64 * 2**20 in stats.values(), stats  # the memory limit is reported
+    # --memory-limit is split between the cache and request memory (a quarter by default).
+    assert stats["memoryLimit"] + stats["requestMemoryLimit"] == 64 * 2**20, stats
+    assert stats["requestMemoryLimit"] == 16 * 2**20, stats
 
 
 def test_load_csv_and_parquet_from_storage(node):

@@ -11,7 +11,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use tokio::sync::{mpsc, oneshot};
 
 /// Delimiters the fuzz targets choose from.
-pub const DELIMITERS: [u8; 4] = [b',', b';', b'\t', b'|'];
+pub const DELIMITERS: [u8; 4] = *b",;\t|";
 
 /// What the node's parser produced.
 #[derive(Debug)]
@@ -165,35 +165,4 @@ pub fn header_fields(body: &[u8], delimiter: u8) -> usize {
             }
         }
     }
-}
-
-/// Why `body` is not compared with arrow's reader: a known difference of the node's
-/// reader (each has a reproducer in `artifacts-found/`). `None` when there is none, and
-/// always with `FUZZ_STRICT=1` in the environment (see [`crate::strict`]).
-pub fn known_difference(body: &[u8]) -> Option<&'static str> {
-    if crate::strict() {
-        None
-    } else if has_bare_cr(body) {
-        Some("a line ends in a bare carriage return")
-    } else if starts_with_empty_line(body) {
-        Some("the body starts with an empty line")
-    } else {
-        None
-    }
-}
-
-/// Whether `body` starts with an empty line (after an optional UTF-8 byte order mark).
-/// arrow's reader skips empty lines, so its header is the first non-empty line; the node
-/// takes everything up to the first newline as the header, so the real header becomes a
-/// data row (or a parse error). Not compared until the node skips them too.
-pub fn starts_with_empty_line(body: &[u8]) -> bool {
-    let body = body.strip_prefix(b"\xef\xbb\xbf").unwrap_or(body);
-    body.starts_with(b"\n") || body.starts_with(b"\r\n")
-}
-
-/// Whether `body` ends a line with a bare carriage return (a `\r` not followed by `\n`).
-/// arrow's reader ends a record there; the node's block splitter does not (it cuts only
-/// after `\n`), so the two are not compared on such input.
-pub fn has_bare_cr(body: &[u8]) -> bool {
-    body.windows(2).any(|w| w[0] == b'\r' && w[1] != b'\n')
 }

@@ -3,7 +3,8 @@
 //!
 //! `decode` mirrors `do_put_inner`: arrow-flight's `FlightDataDecoder` behind
 //! `catch_unwind` (a panic there becomes an error, as in the server), the stream ends at
-//! its first error, the first payload must be a schema, a second schema is refused, and
+//! its first error, the first payload must be a schema whose types arrays can have
+//! (`node::check_schema`), a second schema is refused, and
 //! every column of every batch passes `ArrayData::validate_full` (the server's `validate`)
 //! and has the upload's fields (the node's `push_one`).
 //!
@@ -30,13 +31,11 @@ use crate::guard;
 /// The node's smallest message target (`Limits::message_target` is at least 64 KiB).
 pub const MESSAGE_TARGET: usize = 64 * 1024;
 
-/// Uploads with more rows than this skip the storage encoding unless `FUZZ_STRICT=1`: a
-/// known finding. A batch's row count is not bounded by the bytes sent when its columns
-/// take no space (no columns, the null type, zero-width binary or lists), and the node's
-/// `PartEncoder` spends memory (a slice per row group) and, for Parquet, time in
-/// proportion to it: a few hundred bytes claiming 10^12 rows exhaust memory. Reproducers:
-/// `artifacts-found/doput_decode-*-rows*`.
-pub const KNOWN_ROWS_LIMIT: usize = 1 << 24;
+/// The upload size limit the target runs with (`--max-upload-size`; the node's default is
+/// 16 GiB). Uploads count at least one byte per row (`node::upload_size`), so this also
+/// bounds the rows of batches whose columns take no space, which once let a few hundred
+/// bytes claim 10^12 rows (`artifacts-found/doput_decode-*-rows*`).
+pub const MAX_UPLOAD_SIZE: usize = 64 << 20;
 
 /// Why an upload was refused (any refusal is a correct answer to bad input).
 #[derive(Debug)]
@@ -74,13 +73,23 @@ pub fn decode(messages: Vec<FlightData>) -> Result<Accepted, Refused> {
             None => return Err(Refused("stream ended before a schema message".into())),
         }
     };
+    // The server's schema check (its `catch_unwind` is guarded like the decoder's).
+    guard::guarded(|| flight_node::node::check_schema(&schema))
+        .map_err(|e| Refused(e.to_string()))?;
     let mut batches = Vec::new();
+    let mut size = 0usize;
     loop {
         match next() {
             None => break,
             Some(Ok(d)) => match d.payload {
                 DecodedPayload::RecordBatch(b) => {
                     validate(&b)?;
+                    // The node's `push`: a row limit per batch, and the upload size.
+                    flight_node::node::check_batch_rows(&b).map_err(|e| Refused(e.to_string()))?;
+                    size = size.saturating_add(flight_node::node::upload_size(&b));
+                    if size > MAX_UPLOAD_SIZE {
+                        return Err(Refused("upload exceeds the maximum upload size".into()));
+                    }
                     if b.schema().fields() != schema.fields() {
                         return Err(Refused("a batch's schema differs".into()));
                     }
@@ -154,9 +163,6 @@ pub fn use_batches(a: &Accepted) -> Used {
     }
 
     // The stored copy: Parquet, or Arrow IPC for types Parquet cannot hold.
-    if used.rows > KNOWN_ROWS_LIMIT && !crate::strict() {
-        return used;
-    }
     let format = PartFormat::for_schema(&a.schema);
     let stored = PartEncoder::new(a.schema.clone(), format, true, MESSAGE_TARGET, 1).and_then(
         |mut encoder| {

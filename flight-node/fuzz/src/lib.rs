@@ -9,11 +9,3 @@ pub mod frame;
 pub mod guard;
 pub mod labels;
 pub mod samples;
-
-/// Known findings (each with a reproducer in `artifacts-found/`) are stepped around so
-/// that a run looks for new ones; `FUZZ_STRICT=1` in the environment checks them too, to
-/// confirm a fix.
-pub fn strict() -> bool {
-    static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var_os("FUZZ_STRICT").is_some_and(|v| v == "1"))
-}

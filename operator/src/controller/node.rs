@@ -7,7 +7,8 @@ use std::time::Duration;
 use flight_node::client::NodeClient;
 use flight_node::manifest::PutResult;
 use flight_node::name::DatasetId;
-use flight_node::node::LoadRequest;
+use flight_node::node::{LoadRequest, PreloadResult};
+use flight_node::storage::Storage;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
@@ -46,14 +47,19 @@ pub trait NodeApi: Send + Sync {
     /// Drops every cached version of `id` from `target`'s memory.
     fn evict(&self, target: NodeTarget, id: DatasetId)
         -> BoxFuture<'static, Result<(), NodeError>>;
-    /// Loads `version` of `id` into `target`'s memory; returns whether it is cached (false
-    /// when it cannot fit).
+    /// Loads `version` of `id` into the pool's memory, each part on its owner (`target`
+    /// asks the others); says how many parts are held.
     fn preload(
         &self,
         target: NodeTarget,
         id: DatasetId,
         version: u64,
-    ) -> BoxFuture<'static, Result<bool, NodeError>>;
+    ) -> BoxFuture<'static, Result<PreloadResult, NodeError>>;
+    /// The node's cache: `(bytes held, capacity)` from its `stats` action.
+    fn cache(&self, target: NodeTarget) -> BoxFuture<'static, Result<(u64, u64), NodeError>>;
+    /// Checks that a pool's storage answers (the bucket exists, the credentials work);
+    /// the error is a sentence naming what to fix.
+    fn check_storage(&self, storage: Storage) -> BoxFuture<'static, Result<(), String>>;
 }
 
 /// Calls real nodes over Arrow Flight with [`NodeClient`].
@@ -122,7 +128,39 @@ where
     .boxed()
 }
 
+/// How long the operator waits for a pool's storage to answer its check.
+const STORAGE_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the pool controller waits for one node's `stats`.
+const STATS_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl NodeApi for FlightNodes {
+    fn cache(&self, target: NodeTarget) -> BoxFuture<'static, Result<(u64, u64), NodeError>> {
+        call("stats", target, STATS_TIMEOUT, |mut c| async move {
+            let v = c.stats().await?;
+            match (v["memoryUsed"].as_u64(), v["memoryLimit"].as_u64()) {
+                (Some(used), Some(limit)) => Ok((used, limit)),
+                _ => Err(flight_node::Error::Internal(
+                    "the node's stats carry no cache figures (the operator's token needs every namespace)".into(),
+                )),
+            }
+        })
+    }
+
+    fn check_storage(&self, storage: Storage) -> BoxFuture<'static, Result<(), String>> {
+        async move {
+            match tokio::time::timeout(STORAGE_CHECK_TIMEOUT, storage.check(false)).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!(
+                    "storage {} did not answer within {}s",
+                    storage.url(),
+                    STORAGE_CHECK_TIMEOUT.as_secs()
+                )),
+            }
+        }
+        .boxed()
+    }
+
     fn load(
         &self,
         target: NodeTarget,
@@ -150,7 +188,7 @@ impl NodeApi for FlightNodes {
         target: NodeTarget,
         id: DatasetId,
         version: u64,
-    ) -> BoxFuture<'static, Result<bool, NodeError>> {
+    ) -> BoxFuture<'static, Result<PreloadResult, NodeError>> {
         call("preload", target, self.timeout, move |mut c| async move {
             c.preload(&id, Some(version)).await
         })

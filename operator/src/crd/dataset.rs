@@ -28,6 +28,7 @@ use super::TTL_PATTERN;
     printcolumn(name = "Rows", type_ = "integer", json_path = ".status.rows"),
     printcolumn(name = "Size", type_ = "string", json_path = ".status.size"),
     printcolumn(name = "Tier", type_ = "string", json_path = ".status.tier"),
+    printcolumn(name = "Hot", type_ = "string", json_path = ".status.hot"),
     printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresAt"),
     printcolumn(
         name = "Age",
@@ -44,6 +45,12 @@ use super::TTL_PATTERN;
         name = "Ticket",
         type_ = "string",
         json_path = ".status.ticket",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Consumers",
+        type_ = "string",
+        json_path = ".status.consumers.summary",
         priority = 1
     )
 )]
@@ -67,6 +74,16 @@ pub struct ArrowDatasetSpec {
     /// Load the newest version into node memory as soon as it exists, rather than on first read.
     #[serde(default)]
     pub preload: bool,
+    /// Named consumers of each version loaded from `source`: once each has released a
+    /// version (the `release` action), it is deleted. Versions uploaded with `DoPut` name
+    /// theirs in the `x-flight-consumers` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1000))]
+    pub consumers: Option<Vec<String>>,
+    /// Or: how many consumers will release each version loaded from `source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub consumer_count: Option<u32>,
 }
 
 /// An object in the pool's storage to load as a new version.
@@ -219,9 +236,13 @@ pub struct ArrowDatasetStatus {
     /// `bytes` for humans, e.g. `12.5 MiB`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<String>,
-    /// Where the newest version is held.
+    /// Where the newest version is held: `Memory` once every part is in its owner's memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<Tier>,
+    /// How much of the newest version the pool holds in memory, as parts held of parts
+    /// (`5/8`), after a preload; each part is held by its owner node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hot: Option<String>,
     /// URI of the pool that serves the dataset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
@@ -241,7 +262,59 @@ pub struct ArrowDatasetStatus {
     /// Human-readable reason for the phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Consumers of the newest version and their releases (versions uploaded with
+    /// consumers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumers: Option<ConsumersStatus>,
     /// `Ready`, `Valid`, `Loaded` and `CleanupBlocked` conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// Who has released the newest version, and who has yet to.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumersStatus {
+    /// Named consumers that have not released it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<String>,
+    /// Named consumers that have released it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<String>,
+    /// Releases that complete the version.
+    pub count: i64,
+    /// Releases so far.
+    pub releases: i64,
+    /// For `kubectl get -o wide`: `1/2 released (pending: reporter)` or `all released`.
+    pub summary: String,
+}
+
+impl ConsumersStatus {
+    /// The status of a version's consumers as its record holds them.
+    pub fn of(c: &flight_node::consumers::Consumers) -> Self {
+        let pending = c.pending();
+        let summary = if c.is_done() {
+            "all released".to_string()
+        } else if pending.is_empty() {
+            format!("{}/{} released", c.releases, c.count)
+        } else {
+            format!(
+                "{}/{} released (pending: {})",
+                c.releases,
+                c.count,
+                pending.join(", ")
+            )
+        };
+        Self {
+            pending,
+            released: c.released.clone(),
+            count: i64::from(c.count),
+            releases: i64::from(c.releases),
+            summary,
+        }
+    }
+
+    pub fn all_released(&self) -> bool {
+        self.releases >= self.count
+    }
 }

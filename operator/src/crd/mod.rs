@@ -9,11 +9,11 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 pub use dataset::{
-    ArrowDataset, ArrowDatasetSpec, ArrowDatasetStatus, DatasetPhase, SourceFormat, SourceSpec,
-    Tier,
+    ArrowDataset, ArrowDatasetSpec, ArrowDatasetStatus, ConsumersStatus, DatasetPhase,
+    SourceFormat, SourceSpec, Tier,
 };
 pub use pool::{
-    AuthSpec, ContractField, ContractSpec, FlightPool, FlightPoolSpec, FlightPoolStatus,
+    AuthSpec, ContractField, ContractSpec, FlightPool, FlightPoolSpec, FlightPoolStatus, PoolCache,
     StorageCredentials, StorageSpec, TlsSpec,
 };
 

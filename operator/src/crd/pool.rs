@@ -26,12 +26,28 @@ use super::TTL_PATTERN;
     category = "arrow",
     namespaced,
     status = "FlightPoolStatus",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
     derive = "PartialEq",
     doc = "A pool of Arrow Flight nodes that cache datasets in memory and keep them durable in object storage.",
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
     printcolumn(name = "Datasets", type_ = "integer", json_path = ".status.datasets"),
+    printcolumn(name = "Cached", type_ = "string", json_path = ".status.cache.cached"),
+    printcolumn(
+        name = "Capacity",
+        type_ = "string",
+        json_path = ".status.cache.capacity"
+    ),
+    printcolumn(
+        name = "Fill",
+        type_ = "string",
+        json_path = ".status.cache.percentage"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -53,17 +69,30 @@ pub struct FlightPoolSpec {
     /// CPU and memory requests and limits of the flight node container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// Byte budget of each node's in-memory cache, e.g. `2GiB` (passed as `--memory-limit`).
-    /// Keep it below the container memory limit to leave room for in-flight requests.
+    /// Memory each node holds data in, e.g. `2GiB` (passed as `--memory-limit`): its cache
+    /// plus a quarter for requests in flight. Keep it below the container memory limit to
+    /// leave room for the process itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?\s*([KMGT]i?B|[kMGT]B?|B)?$"))]
     pub memory_limit: Option<String>,
+    /// Arrow bytes per Parquet part, e.g. `64MiB` (passed as `--part-size`; the node's
+    /// default when omitted). A part is the unit of parallel reads and of placement: each
+    /// part of a version is cached by its own owner node, so smaller parts spread a version
+    /// over more of the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?\s*([KMGT]i?B|[kMGT]B?|B)?$"))]
+    pub part_size: Option<String>,
     /// Object storage holding the Parquet parts and manifests of every dataset of the pool.
     pub storage: StorageSpec,
     /// TTL given to datasets that name none, e.g. `6h` or `7d` (passed as `--default-ttl`).
     #[serde(default = "default_ttl")]
     #[schemars(regex(pattern = TTL_PATTERN), length(max = 32))]
     pub default_ttl: String,
+    /// How long a version released by every consumer stays readable before it is deleted,
+    /// e.g. `30s` (passed as `--release-grace`; the node's default when omitted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = TTL_PATTERN), length(max = 32))]
+    pub release_grace: Option<String>,
     /// Bearer-token authentication of the nodes; open access when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
@@ -222,10 +251,34 @@ pub struct FlightPoolStatus {
     /// Number of ArrowDatasets that belong to this pool.
     #[serde(default)]
     pub datasets: i32,
+    /// What the pool's nodes hold in memory, from their `stats` (absent while no node answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<PoolCache>,
+    /// Label selector of the pool's pods (the `/scale` subresource's, for autoscalers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready` (all replicas ready) and `Valid` (the spec was accepted) conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// Cache fill of a pool, summed over the nodes that answered.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolCache {
+    /// Bytes of tables held in memory.
+    pub cached_bytes: i64,
+    /// Bytes the caches may hold.
+    pub capacity_bytes: i64,
+    /// `cachedBytes` for humans, e.g. `1.2 GiB`.
+    pub cached: String,
+    /// `capacityBytes` for humans.
+    pub capacity: String,
+    /// Fill, e.g. `37%`.
+    pub percentage: String,
+    /// Nodes that answered.
+    pub nodes: i32,
 }

@@ -390,6 +390,18 @@ pub async fn seed_version(
     ttl: Option<Duration>,
     rows: usize,
 ) -> Manifest {
+    seed_version_with(storage_url, namespace, name, ttl, rows, None).await
+}
+
+/// [`seed_version`] with declared consumers.
+pub async fn seed_version_with(
+    storage_url: &str,
+    namespace: &str,
+    name: &str,
+    ttl: Option<Duration>,
+    rows: usize,
+    consumers: Option<flight_node::consumers::Consumers>,
+) -> Manifest {
     let config = flight_node::config::Config::for_tests(storage_url);
     let node = Node::from_config(&config).expect("open a flight node on the store");
     let schema = Arc::new(Schema::new(vec![
@@ -411,6 +423,7 @@ pub async fn seed_version(
         ttl,
         contract: None,
         source: "cluster-tests".into(),
+        consumers,
         ..PutOptions::default()
     };
     node.put(id, opts, schema, futures::stream::iter(vec![Ok(batch)]))

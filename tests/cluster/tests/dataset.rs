@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cluster_tests::{
     admin_client, control_plane, controller_config, data_left, files_under, kubectl, seed_version,
-    unique_namespace, wait_deleted, wait_for, Operator, TIMEOUT,
+    seed_version_with, unique_namespace, wait_deleted, wait_for, Operator, TIMEOUT,
 };
 use flight_operator::controller::node::FlightNodes;
 use flight_operator::controller::{dataset, Context};
@@ -158,7 +158,7 @@ async fn kubectl_get_shows_printer_columns_with_values() {
     let columns: Vec<&str> = row.iter().map(|(c, _)| c.as_str()).collect();
     assert_eq!(
         columns,
-        ["NAME", "POOL", "PHASE", "ROWS", "SIZE", "TIER", "EXPIRES", "AGE"],
+        ["NAME", "POOL", "PHASE", "ROWS", "SIZE", "TIER", "HOT", "EXPIRES", "AGE"],
         "{text}"
     );
     assert_eq!(cell(row, "NAME"), "sales");
@@ -170,6 +170,8 @@ async fn kubectl_get_shows_printer_columns_with_values() {
         "{text}"
     );
     assert!(["Memory", "Storage"].contains(&cell(row, "TIER")), "{text}");
+    // HOT is filled in by a preload ("cached parts/parts"); nothing was preloaded here.
+    assert_eq!(cell(row, "HOT"), "", "{text}");
     let expires = cell(row, "EXPIRES");
     chrono::DateTime::parse_from_rfc3339(expires)
         .unwrap_or_else(|e| panic!("EXPIRES {expires:?} is not RFC 3339 ({e}):\n{text}"));
@@ -486,5 +488,120 @@ async fn cleanup_blocked_without_a_pool_until_the_skip_annotation() {
     ]);
     cluster_tests::assert_success(&out, "kubectl annotate skip-storage-cleanup");
     wait_deleted(&api, "orphan", TIMEOUT).await;
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_show_in_status_and_wide_output_and_the_last_release_is_an_event() {
+    control_plane();
+    let client = admin_client().await;
+    let ns = unique_namespace(&client, "consumers").await;
+    let store = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}", store.path().display());
+    create_pool(&client, &ns, "analytics", &url).await;
+    let consumers = flight_node::consumers::Consumers::parse("scorer,reporter").expect("consumers");
+    seed_version_with(
+        &url,
+        &ns,
+        "features",
+        Some(Duration::from_secs(3600)),
+        10,
+        Some(consumers),
+    )
+    .await;
+    let operator = Operator::start(client.clone(), controller_config(&ns));
+    let api: Api<ArrowDataset> = Api::namespaced(client.clone(), &ns);
+    // The upload is discovered with its consumers.
+    let ds = wait_for(
+        &api,
+        "features",
+        "consumers in status",
+        TIMEOUT,
+        |d: Option<&ArrowDataset>| {
+            d.and_then(|d| d.status.as_ref())
+                .and_then(|s| s.consumers.as_ref())
+                .is_some()
+        },
+    )
+    .await;
+    let c = ds.status.and_then(|s| s.consumers).expect("consumers");
+    assert_eq!(c.pending, ["scorer", "reporter"]);
+    assert_eq!((c.count, c.releases), (2, 0));
+    let out = kubectl(&["get", "ads", "-o", "wide", "-n", &ns]);
+    cluster_tests::assert_success(&out, "kubectl get ads -o wide");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        cell(&table(&text)[0], "CONSUMERS"),
+        "0/2 released (pending: scorer, reporter)",
+        "{text}"
+    );
+
+    // Releases happen in storage (through any node); the operator follows them.
+    let storage = flight_node::storage::Storage::open(&flight_node::storage::StorageConfig {
+        url: url.clone(),
+        ..Default::default()
+    })
+    .expect("storage");
+    let versions = flight_node::versions::Versions::new(storage);
+    let id = flight_node::name::DatasetId::new(ns.as_str(), "features").expect("id");
+    let grace = Duration::from_secs(1800);
+    versions
+        .release(&id, 1, Some("scorer"), grace, chrono::Utc::now())
+        .await
+        .expect("release scorer");
+    wait_for(
+        &api,
+        "features",
+        "one release",
+        TIMEOUT,
+        |d: Option<&ArrowDataset>| {
+            d.and_then(|d| d.status.as_ref())
+                .and_then(|s| s.consumers.as_ref())
+                .is_some_and(|c| c.releases == 1 && c.pending == ["reporter"])
+        },
+    )
+    .await;
+    versions
+        .release(&id, 1, Some("reporter"), grace, chrono::Utc::now())
+        .await
+        .expect("release reporter");
+    let ds = wait_for(
+        &api,
+        "features",
+        "all released",
+        TIMEOUT,
+        |d: Option<&ArrowDataset>| {
+            d.and_then(|d| d.status.as_ref())
+                .and_then(|s| s.consumers.as_ref())
+                .is_some_and(|c| c.summary == "all released")
+        },
+    )
+    .await;
+    // The expiry moved to the end of the grace period.
+    let expires = ds.status.and_then(|s| s.expires_at).expect("expiresAt");
+    let expires = chrono::DateTime::parse_from_rfc3339(&expires).expect("rfc3339");
+    assert!(
+        expires < chrono::Utc::now() + chrono::Duration::seconds(1900),
+        "{expires}"
+    );
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let mut released = Vec::new();
+    for _ in 0..50 {
+        released = events
+            .list(&ListParams::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("Released"))
+            .filter_map(|e| e.note)
+            .collect();
+        if !released.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(released.len(), 1, "{released:?}");
+    assert!(released[0].contains("scorer, reporter"), "{released:?}");
     operator.stop().await;
 }

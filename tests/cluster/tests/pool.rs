@@ -530,3 +530,116 @@ async fn a_full_pool_spec_builds_objects_the_api_server_accepts() {
         .is_some());
     operator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_ready_says_whether_the_pools_storage_answers() {
+    control_plane();
+    let client = admin_client().await;
+    let ns = unique_namespace(&client, "storage-ready").await;
+    let store = tempfile::tempdir().expect("tempdir");
+    let api: Api<FlightPool> = Api::namespaced(client.clone(), &ns);
+    let good = pool_object("good", &format!("file://{}", store.path().display()), 1);
+    api.create(&PostParams::default(), &good)
+        .await
+        .expect("create good");
+    // An S3 bucket without credentials, where no instance metadata service gives any.
+    let mut bad = pool_object("bad", "s3://datasets/prod", 1);
+    bad.spec.storage.endpoint = Some("http://127.0.0.1:9".into());
+    bad.spec.storage.allow_http = true;
+    api.create(&PostParams::default(), &bad)
+        .await
+        .expect("create bad");
+    let operator = Operator::start(client.clone(), controller_config(&ns));
+    let condition = |p: Option<&FlightPool>| {
+        p.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "StorageReady"))
+            .cloned()
+    };
+    let good = wait_for(
+        &api,
+        "good",
+        "StorageReady",
+        TIMEOUT,
+        |p: Option<&FlightPool>| condition(p).is_some(),
+    )
+    .await;
+    assert_eq!(condition(Some(&good)).expect("condition").status, "True");
+    let bad = wait_for(
+        &api,
+        "bad",
+        "StorageReady",
+        TIMEOUT,
+        |p: Option<&FlightPool>| condition(p).is_some(),
+    )
+    .await;
+    let c = condition(Some(&bad)).expect("condition");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "StorageUnusable")
+    );
+    assert!(
+        c.message.contains("no storage credentials were given"),
+        "{}",
+        c.message
+    );
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    poll("a StorageUnusable Event", TIMEOUT, || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("StorageUnusable"))
+    })
+    .await;
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_scale_reaches_the_statefulset_and_the_scale_subresource_has_a_selector() {
+    control_plane();
+    let client = admin_client().await;
+    let ns = unique_namespace(&client, "scale").await;
+    let store = tempfile::tempdir().expect("tempdir");
+    let api: Api<FlightPool> = Api::namespaced(client.clone(), &ns);
+    let pool = pool_object("elastic", &format!("file://{}", store.path().display()), 1);
+    api.create(&PostParams::default(), &pool)
+        .await
+        .expect("create");
+    let operator = Operator::start(client.clone(), controller_config(&ns));
+    wait_for(
+        &api,
+        "elastic",
+        "a status with a selector",
+        TIMEOUT,
+        |p: Option<&FlightPool>| {
+            p.and_then(|p| p.status.as_ref())
+                .is_some_and(|s| s.selector.is_some())
+        },
+    )
+    .await;
+    let out = cluster_tests::kubectl(&["scale", "fpool", "elastic", "--replicas=3", "-n", &ns]);
+    cluster_tests::assert_success(&out, "kubectl scale fpool");
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    poll("the StatefulSet to have 3 replicas", TIMEOUT, || async {
+        let s = sts.get("elastic").await.ok()?;
+        (s.spec.replicas == Some(3)).then_some(())
+    })
+    .await;
+    // What an autoscaler reads.
+    let out = cluster_tests::kubectl(&[
+        "get",
+        "--raw",
+        &format!("/apis/arrow.trinity.io/v1alpha1/namespaces/{ns}/flightpools/elastic/scale"),
+    ]);
+    cluster_tests::assert_success(&out, "GET scale");
+    let scale: serde_json::Value = serde_json::from_slice(&out.stdout).expect("scale json");
+    assert_eq!(scale["spec"]["replicas"], 3, "{scale}");
+    assert_eq!(
+        scale["status"]["selector"],
+        "app.kubernetes.io/instance=elastic,app.kubernetes.io/name=flight-node",
+        "{scale}"
+    );
+    operator.stop().await;
+}

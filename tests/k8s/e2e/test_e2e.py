@@ -232,34 +232,102 @@ def test_an_atom_uploads_and_another_reads_through_the_service(installed):
     assert client().do_get(flight.Ticket(ticket)).read_all().equals(table)
 
 
-def test_scaling_the_pool_updates_peers_and_every_node_serves(installed):
+def pod_stats(ip: str) -> dict:
+    """The `stats` action of one node pod, asked directly at its IP."""
+    result = flight.connect(f"grpc://{ip}:8815").do_action(flight.Action("stats", b""))
+    return json.loads(next(iter(result)).body.to_pybytes())
+
+
+def pod_uri(pod: dict, listed: list[str]) -> str:
+    """The peers-file URI of a node pod (`grpc://<pod>.<pool>-headless.<ns>.svc:8815`)."""
+    name = pod["metadata"]["name"]
+    [uri] = [u for u in listed if u.startswith(f"grpc://{name}.")]
+    return uri
+
+
+def test_a_three_node_pool_is_one_memory_and_scales_in_without_loss(installed):
     wait_for("FlightPool flight to be Ready", pool_ready)
+    # Three nodes and 1 MiB parts, so that one version spreads over the pool.
     kubectl("-n", OPERATOR_NS, "patch", "flightpool", POOL, "--type=merge",
-            "-p", json.dumps({"spec": {"replicas": 2}}))
-    wait_for("two Ready node pods", lambda: len(node_pods()) == 2 and all_ready(node_pods()))
+            "-p", json.dumps({"spec": {"replicas": 3, "partSize": "1MiB"}}))
+    wait_for("three Ready node pods", lambda: len(node_pods()) == 3 and all_ready(node_pods()),
+             timeout=TIMEOUT * 2)
 
     def peers():
         text = kubectl("-n", OPERATOR_NS, "get", "configmap", f"{POOL}-config",
                        "-o", "jsonpath={.data.peers\\.yaml}")
         listed = yaml.safe_load(text).get("peers", [])
-        return len(listed) == 2 and listed
-    listed = wait_for("the peers file to list both nodes", peers)
+        return len(listed) == 3 and listed
+    listed = wait_for("the peers file to list the three nodes", peers)
     assert all(f".{POOL}-headless.{OPERATOR_NS}.svc" in uri for uri in listed), listed
-    wait_for("FlightPool flight to report 2 ready replicas", lambda: json.loads(kubectl(
+    wait_for("FlightPool flight to report 3 ready replicas", lambda: json.loads(kubectl(
         "-n", OPERATOR_NS, "get", "flightpool", POOL, "-o", "json")
-    ).get("status", {}).get("readyReplicas") == 2)
-    # Every node serves every ticket (from memory or from MinIO), whichever the Service picks.
-    table = pa.table({"x": pa.array(range(1000), pa.int64())})
-    writer, reader = client().do_put(flight.FlightDescriptor.for_path(OPERATOR_NS, "e2e-scaled"),
+    ).get("status", {}).get("readyReplicas") == 3)
+    # Every node has read the peers file (the kubelet syncs ConfigMap volumes within a
+    # minute) before anything is placed.
+    for pod in node_pods():
+        ip = pod["status"]["podIP"]
+        wait_for(f"{pod['metadata']['name']} to see the three peers",
+                 lambda: sorted(pod_stats(ip).get("peers", [])) == sorted(listed),
+                 timeout=TIMEOUT)
+
+    def cache():
+        status = json.loads(kubectl("-n", OPERATOR_NS, "get", "flightpool", POOL, "-o", "json"))
+        c = status.get("status", {}).get("cache") or {}
+        return c.get("nodes") == 3 and c
+    fill = wait_for("the pool to report the cache fill of the three nodes", cache)
+    assert fill["capacityBytes"] > 0 and fill["percentage"].endswith("%"), fill
+
+    # An 8 MB table: several 1 MiB parts, each placed on its own owner.
+    table = pa.table({"x": pa.array(range(1_000_000), pa.int64())})
+    writer, reader = client().do_put(flight.FlightDescriptor.for_path(OPERATOR_NS, "e2e-wide"),
                                      table.schema)
-    writer.write_table(table)
+    writer.write_table(table, max_chunksize=131_072)
     writer.done_writing()
     ticket = json.loads(reader.read().to_pybytes())["ticket"]
     writer.close()
+    info = client().get_flight_info(flight.FlightDescriptor.for_path(OPERATOR_NS, "e2e-wide"))
+    owners = [e.locations[0].uri.decode() for e in info.endpoints]
+    parts = len(owners)
+    assert parts >= 4, owners
+    assert set(owners) <= set(listed), (owners, listed)
+    assert len(set(owners)) >= 2, f"{parts} parts all placed on one node: {owners}"
+
+    # preload (on the discovered resource) warms every owner; status says all parts are hot.
+    wait_for("the upload to be discovered", lambda: kubectl(
+        "-n", OPERATOR_NS, "get", "arrowdataset", "e2e-wide", check=False))
+    kubectl("-n", OPERATOR_NS, "patch", "arrowdataset", "e2e-wide", "--type=merge",
+            "-p", json.dumps({"spec": {"preload": True}}))
+
+    def hot():
+        ds = json.loads(kubectl("-n", OPERATOR_NS, "get", "arrowdataset", "e2e-wide", "-o", "json"))
+        st = ds.get("status", {})
+        return st.get("hot") == f"{parts}/{parts}" and st.get("tier") == "Memory" and st
+    wait_for("the dataset to be hot on every owner", hot)
+    for pod in node_pods():
+        uri = pod_uri(pod, listed)
+        held = [t["parts"] for t in pod_stats(pod["status"]["podIP"])["tables"]
+                if (t["namespace"], t["name"]) == (OPERATOR_NS, "e2e-wide")]
+        mine = [p for p, owner in enumerate(owners) if owner == uri]
+        assert (held[0] if held else []) == mine, (pod["metadata"]["name"], held, mine)
+
+    # Every node serves the whole version (its own parts from memory, the rest from MinIO).
     for pod in node_pods():
         ip = pod["status"]["podIP"]
         got = flight.connect(f"grpc://{ip}:8815").do_get(flight.Ticket(ticket)).read_all()
         assert got.equals(table), pod["metadata"]["name"]
+
+    # Scaling in, with `kubectl scale` (the /scale subresource), loses nothing: the node that
+    # stays serves every part, including those the others held (from MinIO).
+    kubectl("-n", OPERATOR_NS, "scale", "flightpool", POOL, "--replicas=1")
+    wait_for("one Ready node pod", lambda: len(node_pods()) == 1 and all_ready(node_pods()),
+             timeout=TIMEOUT * 2)
+    wait_for("FlightPool flight to report 1 ready replica", lambda: json.loads(kubectl(
+        "-n", OPERATOR_NS, "get", "flightpool", POOL, "-o", "json")
+    ).get("status", {}).get("readyReplicas") == 1)
+    ip = node_pods()[0]["status"]["podIP"]
+    got = flight.connect(f"grpc://{ip}:8815").do_get(flight.Ticket(ticket)).read_all()
+    assert got.equals(table)
 
 
 def test_ttl_expiry_removes_the_resource_and_the_objects(installed):

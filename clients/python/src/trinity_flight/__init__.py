@@ -8,6 +8,13 @@ downstream; a consumer downloads exactly that version::
     ticket = tf.upload_dataframe(df, "sales")     # -> "ads1:analytics/sales@3"
     df = tf.download_dataframe(ticket)
 
+A producer may name the version's consumers; the version is deleted once each has
+released it (the TTL is the backstop for consumers that never come)::
+
+    ticket = tf.upload_dataframe(df, "features", consumers=["scorer", "reporter"])
+    with tf.consume(ticket, as_="scorer") as df:   # released only if the block succeeds
+        score(df)
+
 The module-level functions read their connection from the environment on each call:
 ``FLIGHT_URI`` (default ``grpc://localhost:8815``), ``FLIGHT_TOKEN``, ``FLIGHT_NAMESPACE``
 (default: the pod's namespace in Kubernetes, else ``default``) and
@@ -17,12 +24,12 @@ The module-level functions read their connection from the environment on each ca
 from __future__ import annotations
 
 import threading
-from typing import Dict, Optional, Union
+from typing import ContextManager, Dict, Optional, Union
 
 import pandas as pd
 import pyarrow as pa
 
-from ._client import TTL, Client, DatasetInfo, PathOrFile
+from ._client import TTL, Client, Consumers, DatasetInfo, PathOrFile
 from ._config import Settings
 from ._convert import DtypeBackend
 from ._memory import keep_freed_memory
@@ -41,6 +48,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Client",
+    "Consumers",
     "ContractViolation",
     "DatasetInfo",
     "DatasetNotFound",
@@ -51,10 +59,12 @@ __all__ = [
     "Settings",
     "Ticket",
     "Unauthorized",
+    "consume",
     "default_client",
     "download_dataframe",
     "download_table",
     "keep_freed_memory",
+    "release",
     "upload_csv",
     "upload_dataframe",
     "upload_table",
@@ -92,24 +102,46 @@ def upload_dataframe(
     ttl: Optional[TTL] = None,
     contract: Optional[str] = None,
     index: Optional[bool] = None,
+    consumers: Optional[Consumers] = None,
 ) -> Ticket:
     """Uploads a DataFrame as a new version of ``namespace/name``; returns its ticket.
 
-    See :meth:`Client.upload_dataframe` (index policy, dtypes, errors).
+    See :meth:`Client.upload_dataframe` (index policy, dtypes, errors) and
+    :meth:`Client.upload_table` (``consumers``).
     """
     return default_client().upload_dataframe(
-        df, name, namespace=namespace, ttl=ttl, contract=contract, index=index
+        df, name, namespace=namespace, ttl=ttl, contract=contract, index=index,
+        consumers=consumers,
     )
 
 
 def download_dataframe(
-    ticket: Union[Ticket, str], *, dtype_backend: DtypeBackend = None
+    ticket: Union[Ticket, str],
+    *,
+    dtype_backend: DtypeBackend = None,
+    release_as: Optional[str] = None,
 ) -> pd.DataFrame:
-    """Downloads the version a ticket names as a DataFrame.
+    """Downloads the version a ticket names as a DataFrame (and releases it as consumer
+    ``release_as``, when given).
 
     See :meth:`Client.download_dataframe`.
     """
-    return default_client().download_dataframe(ticket, dtype_backend=dtype_backend)
+    return default_client().download_dataframe(
+        ticket, dtype_backend=dtype_backend, release_as=release_as
+    )
+
+
+def release(ticket: Union[Ticket, str], *, consumer: Optional[str] = None) -> DatasetInfo:
+    """Releases a version as ``consumer``; see :meth:`Client.release`."""
+    return default_client().release(ticket, consumer=consumer)
+
+
+def consume(
+    ticket: Union[Ticket, str], *, as_: Optional[str] = None, dtype_backend: DtypeBackend = None
+) -> ContextManager[pd.DataFrame]:
+    """``with consume(ticket, as_="scorer") as df:`` releases only if the block succeeds;
+    see :meth:`Client.consume`."""
+    return default_client().consume(ticket, as_=as_, dtype_backend=dtype_backend)
 
 
 def upload_table(
@@ -119,13 +151,14 @@ def upload_table(
     namespace: Optional[str] = None,
     ttl: Optional[TTL] = None,
     contract: Optional[str] = None,
+    consumers: Optional[Consumers] = None,
 ) -> Ticket:
     """Uploads an Arrow table as a new version of ``namespace/name``; returns its ticket.
 
     See :meth:`Client.upload_table`.
     """
     return default_client().upload_table(
-        table, name, namespace=namespace, ttl=ttl, contract=contract
+        table, name, namespace=namespace, ttl=ttl, contract=contract, consumers=consumers
     )
 
 
@@ -144,6 +177,7 @@ def upload_csv(
     namespace: Optional[str] = None,
     ttl: Optional[TTL] = None,
     contract: Optional[str] = None,
+    consumers: Optional[Consumers] = None,
     **csv_options: object,
 ) -> Ticket:
     """Streams a CSV file (header row) to the node in chunks; returns the ticket.
@@ -152,5 +186,6 @@ def upload_csv(
     ``delimiter``, ``column_types``, ``read_options``, ...).
     """
     return default_client().upload_csv(
-        source, name, namespace=namespace, ttl=ttl, contract=contract, **csv_options  # type: ignore[arg-type]
+        source, name, namespace=namespace, ttl=ttl, contract=contract, consumers=consumers,
+        **csv_options,  # type: ignore[arg-type]
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
@@ -52,10 +53,13 @@ T = TypeVar("T")
 #: A TTL: text the node understands (``"30m"``, ``"6h"``, ``"7d"``), a ``timedelta``, or
 #: a number of seconds.
 TTL = Union[str, _dt.timedelta, int, float]
+#: Who will read a version: a count, or consumer names (DNS-1123 labels).
+Consumers = Union[int, Sequence[str]]
 
 #: Location meaning "use the connection you already have" (Arrow Flight convention).
 REUSE_CONNECTION = "arrow-flight-reuse-connection://?"
 TTL_HEADER = b"x-flight-ttl"
+CONSUMERS_HEADER = b"x-flight-consumers"
 CONTRACT_HEADER = b"x-flight-contract"
 #: Default CSV block size: the unit read, converted and sent at a time.
 DEFAULT_CSV_BLOCK_SIZE = 4 * 1024 * 1024
@@ -84,6 +88,15 @@ class DatasetInfo:
     nbytes: int
     expires_at: Optional[str] = None
     schema: Optional[pa.Schema] = None
+    consumers: Optional[Dict[str, Any]] = None
+
+    @property
+    def pending_consumers(self) -> Optional[List[str]]:
+        """Named consumers that have not released the version (``None`` when unnamed)."""
+        if not self.consumers:
+            return None
+        pending = self.consumers.get("pending")
+        return list(pending) if pending is not None else None
 
     @classmethod
     def from_json(cls, raw: bytes, schema: Optional[pa.Schema] = None) -> "DatasetInfo":
@@ -98,9 +111,20 @@ class DatasetInfo:
                 nbytes=int(d.get("bytes", 0)),
                 expires_at=d.get("expiresAt"),
                 schema=schema,
+                consumers=d.get("consumers"),
             )
         except (ValueError, KeyError, TypeError) as e:
             raise FlightError(f"unexpected answer from the Flight node: {raw[:200]!r}") from e
+
+
+def _consumers_text(consumers: Consumers) -> str:
+    if isinstance(consumers, bool):
+        raise TypeError("consumers must be a count or a list of names")
+    if isinstance(consumers, int):
+        return str(consumers)
+    if isinstance(consumers, str):
+        return consumers
+    return ",".join(str(c) for c in consumers)
 
 
 def _ttl_text(ttl: TTL) -> str:
@@ -288,6 +312,7 @@ class Client:
         batches: Iterable[pa.RecordBatch],
         ttl: Optional[TTL],
         contract: Optional[str],
+        consumers: Optional[Consumers] = None,
     ) -> DatasetInfo:
         """One DoPut. Returns the node's PutResult.
 
@@ -300,6 +325,8 @@ class Client:
             headers.append((TTL_HEADER, _ttl_text(ttl).encode("utf-8")))
         if contract:
             headers.append((CONTRACT_HEADER, contract.encode("utf-8")))
+        if consumers is not None:
+            headers.append((CONSUMERS_HEADER, _consumers_text(consumers).encode("utf-8")))
         options = self._options(headers)
         writer, reader = self._conn.do_put(descriptor, schema, options=options)
         local_error: Optional[BaseException] = None
@@ -353,6 +380,7 @@ class Client:
         namespace: Optional[str] = None,
         ttl: Optional[TTL] = None,
         contract: Optional[str] = None,
+        consumers: Optional[Consumers] = None,
     ) -> Ticket:
         """Uploads an Arrow table as a new version of ``namespace/name``.
 
@@ -365,6 +393,10 @@ class Client:
             namespace: defaults to the client's namespace.
             ttl: how long the version lives, e.g. ``"6h"``; default: the node's.
             contract: name of a data contract the upload must match.
+            consumers: who will read the version, as names (``["scorer", "reporter"]``)
+                or a count (``2``); once every consumer has called :meth:`release`, the
+                version is deleted (after the node's ``--release-grace``). The TTL still
+                applies to consumers that never come.
 
         Returns:
             The new version's :class:`Ticket`.
@@ -380,7 +412,9 @@ class Client:
         descriptor = self._descriptor(name, namespace)
         info = self._retry(
             f"upload {name}",
-            lambda: self._put(descriptor, table.schema, table.to_batches(), ttl, contract),
+            lambda: self._put(
+                descriptor, table.schema, table.to_batches(), ttl, contract, consumers
+            ),
         )
         return info.ticket
 
@@ -393,6 +427,7 @@ class Client:
         ttl: Optional[TTL] = None,
         contract: Optional[str] = None,
         index: Optional[bool] = None,
+        consumers: Optional[Consumers] = None,
     ) -> Ticket:
         """Uploads a DataFrame as a new version of ``namespace/name``.
 
@@ -409,7 +444,9 @@ class Client:
         arguments and errors.
         """
         table = dataframe_to_table(df, index)
-        return self.upload_table(table, name, namespace=namespace, ttl=ttl, contract=contract)
+        return self.upload_table(
+            table, name, namespace=namespace, ttl=ttl, contract=contract, consumers=consumers
+        )
 
     def upload_csv(
         self,
@@ -419,6 +456,7 @@ class Client:
         namespace: Optional[str] = None,
         ttl: Optional[TTL] = None,
         contract: Optional[str] = None,
+        consumers: Optional[Consumers] = None,
         block_size: int = DEFAULT_CSV_BLOCK_SIZE,
         delimiter: str = ",",
         column_types: Optional[Dict[str, pa.DataType]] = None,
@@ -467,7 +505,7 @@ class Client:
             except pa.ArrowInvalid as e:
                 raise InvalidRequest(f"cannot read the CSV: {e}") from e
             try:
-                return self._put(descriptor, reader.schema, _csv_batches(reader), ttl, contract)
+                return self._put(descriptor, reader.schema, _csv_batches(reader), ttl, contract, consumers)
             finally:
                 reader.close()
 
@@ -581,18 +619,111 @@ class Client:
         return self._retry("DoGet", once)
 
     def download_dataframe(
-        self, ticket: Union[Ticket, str], *, dtype_backend: DtypeBackend = None
+        self,
+        ticket: Union[Ticket, str],
+        *,
+        dtype_backend: DtypeBackend = None,
+        release_as: Optional[str] = None,
     ) -> pd.DataFrame:
         """Downloads the version a ticket names as a DataFrame.
 
         DataFrames uploaded by this package come back with their dtypes and index (see
         :meth:`upload_dataframe`). ``dtype_backend`` (``None``, ``"numpy_nullable"`` or
         ``"pyarrow"``) chooses pandas dtypes for data from other producers, as in
-        ``pandas.read_parquet``.
+        ``pandas.read_parquet``. With ``release_as``, the version is released as that
+        consumer once the DataFrame is built (see :meth:`release`); use :meth:`consume` to
+        release only after your own work succeeded.
         """
-        return table_to_dataframe(self.download_table(ticket), dtype_backend)
+        df = table_to_dataframe(self.download_table(ticket), dtype_backend)
+        if release_as is not None:
+            self.release(ticket, consumer=release_as)
+        return df
+
+    def release(self, ticket: Union[Ticket, str], *, consumer: Optional[str] = None) -> DatasetInfo:
+        """Tells the node that ``consumer`` is done with the version ``ticket`` names.
+
+        Versions uploaded with ``consumers=[...]`` need the consumer's name; counted ones
+        (``consumers=N``) may leave it out (a name makes a repeated release count once).
+        Once every consumer has released, the version is deleted after the node's
+        ``--release-grace``. Releasing twice under one name changes nothing.
+
+        Returns the version's :class:`DatasetInfo`, whose ``pending_consumers`` lists who
+        has yet to release.
+
+        Raises:
+            InvalidRequest: the name is not a declared consumer (the message lists them).
+            DatasetNotFound: the version is gone (deleted or expired).
+            InvalidRequest: the version declared no consumers (``code == "FAILED_PRECONDITION"``).
+        """
+        body: Dict[str, Any] = {"ticket": str(Ticket(ticket))}
+        if consumer is not None:
+            body["consumer"] = consumer
+        action = fl.Action("release", json.dumps(body).encode("utf-8"))
+
+        def call() -> bytes:
+            results = [r.body.to_pybytes() for r in self._conn.do_action(action, options=self._options())]
+            if not results:
+                raise FlightError("the Flight node answered the release with nothing")
+            return results[0]
+
+        # A named release is idempotent, so it may be retried; an anonymous one is not.
+        raw = self._retry("release", call) if consumer is not None else _translated(call)
+        return DatasetInfo.from_json(raw)
+
+    @contextlib.contextmanager
+    def consume(
+        self,
+        ticket: Union[Ticket, str],
+        *,
+        as_: Optional[str] = None,
+        dtype_backend: DtypeBackend = None,
+    ) -> Iterator[pd.DataFrame]:
+        """Downloads a version as a DataFrame for the ``with`` block, and releases it as
+        consumer ``as_`` only if the block ends without an exception: a consumer that fails
+        leaves the version for its retry (or the TTL)::
+
+            with client.consume(ticket, as_="scorer") as df:
+                score(df)
+        """
+        df = self.download_dataframe(ticket, dtype_backend=dtype_backend)
+        yield df
+        self.release(ticket, consumer=as_)
 
     # -- management ---------------------------------------------------------------------
+
+    def _action(self, kind: str, body: Optional[Dict[str, Any]], retry: bool = True) -> List[bytes]:
+        action = fl.Action(kind, json.dumps(body).encode("utf-8") if body is not None else b"")
+
+        def call() -> List[bytes]:
+            return [r.body.to_pybytes() for r in self._conn.do_action(action, options=self._options())]
+
+        return self._retry(kind, call) if retry else _translated(call)
+
+    def list_datasets(self, *, namespace: Optional[str] = None) -> List[DatasetInfo]:
+        """The newest unexpired version of every dataset of ``namespace`` (default: the
+        client's), as ``ListFlights`` reports them."""
+        criteria = (namespace or self.namespace).encode("utf-8")
+
+        def call() -> List[DatasetInfo]:
+            out = []
+            for fi in self._conn.list_flights(criteria, options=self._options()):
+                raw = getattr(fi, "app_metadata", b"") or b""
+                if raw:
+                    out.append(DatasetInfo.from_json(raw, fi.schema))
+            return out
+
+        return self._retry("ListFlights", call)
+
+    def renew(self, ticket: Union[Ticket, str], ttl: TTL) -> DatasetInfo:
+        """Extends the version's lease: it now expires ``ttl`` from now."""
+        raw = self._action("renew", {"ticket": str(Ticket(ticket)), "ttl": _ttl_text(ttl)})
+        return DatasetInfo.from_json(raw[0])
+
+    def stats(self) -> Dict[str, Any]:
+        """The node's ``stats``: versions in memory of the token's namespaces, and to a token
+        of every namespace its memory, cache and budget counters."""
+        raw = self._action("stats", None)
+        return json.loads(raw[0]) if raw else {}
 
     def delete(
         self, name: str, *, version: Optional[int] = None, namespace: Optional[str] = None
@@ -614,6 +745,13 @@ class Client:
             except (ValueError, TypeError, AttributeError):
                 pass
         return deleted
+
+
+def _translated(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except pa.ArrowException as e:
+        raise translate(e) from e
 
 
 def _csv_batches(reader: pacsv.CSVStreamingReader) -> Iterator[pa.RecordBatch]:

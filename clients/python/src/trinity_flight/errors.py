@@ -114,6 +114,7 @@ _KIND_TO_CODE = {
     "aborted": "ABORTED",
     "out of range": "OUT_OF_RANGE",
     "failed precondition": "FAILED_PRECONDITION",
+    "precondition failed": "FAILED_PRECONDITION",
     "already exists": "ALREADY_EXISTS",
     "data loss": "DATA_LOSS",
     "unknown": "UNKNOWN",

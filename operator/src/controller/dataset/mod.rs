@@ -7,6 +7,7 @@ pub mod status;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flight_node::consumers::ConsumersSpec;
 use flight_node::name::DatasetId;
 use flight_node::node::LoadRequest;
 use flight_node::storage::Storage;
@@ -22,7 +23,7 @@ use kube::{Api, ResourceExt};
 use super::node::NodeTarget;
 use super::pool::build;
 use super::{apply_status, chrono_time, set_condition, Context, Error, NewCondition};
-use crate::crd::{ArrowDataset, ArrowDatasetStatus, DatasetPhase, FlightPool};
+use crate::crd::{ArrowDataset, ArrowDatasetStatus, ConsumersStatus, DatasetPhase, FlightPool};
 use crate::{gc, ttl};
 
 /// Controller label in metrics and logs.
@@ -120,7 +121,7 @@ async fn owner_target(
 ) -> Result<NodeTarget, Error> {
     let namespace = pool.namespace().unwrap_or_default();
     let peers = build::peers(&pool.name_any(), &namespace, &pool.spec);
-    let uri = flight_node::placement::rendezvous(&peers, id)
+    let uri = flight_node::placement::dataset_node(&peers, id)
         .unwrap_or_else(|| build::endpoint(&pool.name_any(), &namespace, &pool.spec));
     Ok(NodeTarget {
         uri,
@@ -128,7 +129,10 @@ async fn owner_target(
     })
 }
 
-async fn operator_token(ctx: &Context, pool: &FlightPool) -> Result<Option<String>, Error> {
+pub(crate) async fn operator_token(
+    ctx: &Context,
+    pool: &FlightPool,
+) -> Result<Option<String>, Error> {
     let namespace = pool.namespace().unwrap_or_default();
     match pool
         .spec
@@ -209,6 +213,28 @@ async fn apply_dataset(
             };
             return refuse(ctx, api, ds, status, refusal).await;
         }
+    }
+
+    let consumers_problem = match (&ds.spec.consumers, ds.spec.consumer_count) {
+        (Some(_), Some(_)) => {
+            Some("set spec.consumers or spec.consumerCount, not both".to_string())
+        }
+        (Some(names), None) => flight_node::consumers::Consumers::named(names.clone())
+            .err()
+            .map(|e| format!("spec.consumers: {e}")),
+        (None, Some(n)) => flight_node::consumers::Consumers::counted(n)
+            .err()
+            .map(|e| format!("spec.consumerCount: {e}")),
+        (None, None) => None,
+    };
+    if let Some(message) = consumers_problem {
+        let refusal = Refusal {
+            phase: DatasetPhase::Failed,
+            reason: "InvalidConsumers",
+            message,
+            then: Action::await_change(),
+        };
+        return refuse(ctx, api, ds, status, refusal).await;
     }
 
     // Dereference the pool.
@@ -318,6 +344,11 @@ async fn apply_dataset(
                 ttl: Some(ttl_text.clone()),
                 contract: ds.spec.contract.clone(),
                 delimiter: source.delimiter.as_ref().and_then(|d| d.chars().next()),
+                consumers: match (&ds.spec.consumers, ds.spec.consumer_count) {
+                    (Some(names), _) => Some(ConsumersSpec::Names(names.clone())),
+                    (None, Some(n)) => Some(ConsumersSpec::Count(n)),
+                    (None, None) => None,
+                },
             };
             match ctx.nodes.load(target, req).await {
                 Ok(put) => {
@@ -388,7 +419,8 @@ async fn apply_dataset(
 
     let signer = ticket_signer(ctx, &pool).await?;
     let endpoint = build::endpoint(&pool.name_any(), &namespace, &pool.spec);
-    // `preload`: ask the owner node to hold the newest version in memory.
+    // `preload`: ask the pool to hold the newest version in memory (the node asked loads
+    // its parts and asks each other part's owner for theirs).
     let preload = match (&plan.newest, ds.spec.preload) {
         (Some((manifest, _)), true) => {
             let target = owner_target(ctx, &pool, &id).await?;
@@ -401,6 +433,10 @@ async fn apply_dataset(
         }
         _ => None,
     };
+    let released_before = status
+        .consumers
+        .as_ref()
+        .is_some_and(ConsumersStatus::all_released);
     status::fill(
         &mut status,
         &plan,
@@ -412,9 +448,29 @@ async fn apply_dataset(
         now,
     );
     write_status(api, ds, &status).await?;
-    Ok(Action::requeue(
-        ttl::requeue_after(plan.next_expiry, now).max(Duration::from_secs(1)),
-    ))
+    if let (Some(c), Some(version)) = (&status.consumers, status.version) {
+        if c.all_released() && !released_before {
+            let who = if c.released.is_empty() {
+                format!("{} consumers", c.count)
+            } else {
+                c.released.join(", ")
+            };
+            let message = format!(
+                "version {version} was released by every consumer ({who}); it is deleted at {}",
+                status
+                    .expires_at
+                    .as_deref()
+                    .unwrap_or("the end of the release grace")
+            );
+            ctx.event(ds, EventType::Normal, "Released", message).await;
+        }
+    }
+    let mut after = ttl::requeue_after(plan.next_expiry, now).max(Duration::from_secs(1));
+    if status.consumers.as_ref().is_some_and(|c| !c.all_released()) {
+        // Releases change the record in storage, not this resource: look again soon.
+        after = after.min(ctx.config.retry_after.max(Duration::from_secs(1)));
+    }
+    Ok(Action::requeue(after))
 }
 
 /// The newest version (or the empty resource) expired: say so, then delete the resource;

@@ -567,12 +567,43 @@ async fn preload_asks_the_owner_node_and_reports_the_memory_tier() {
     let s = expect_status(&mut api, &ds).await;
     assert_eq!(s["status"]["phase"], "Ready");
     assert_eq!(s["status"]["tier"], "Memory");
+    assert_eq!(s["status"]["hot"], "3/3");
     assert_eq!(condition(&s, "Preloaded")["status"], "True");
     run.await.expect("task").expect("reconcile");
     let calls = nodes.calls();
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0].0, "preload");
     assert!(calls[0].1.starts_with("grpc://analytics-"), "{calls:?}");
+    drop(ctx);
+    api.done().await;
+}
+
+/// A version only partly in memory (a part's owner is down) is tier `Storage`, says how
+/// much is hot, and names the node that could not load its parts.
+#[tokio::test]
+async fn preload_of_part_of_a_version_reports_how_much_is_hot() {
+    let env = env();
+    commit(&env.storage, "data", "sales", t(1_000), Some(6 * HOUR), 42).await;
+    let nodes = Arc::new(FakeNodes::default());
+    *nodes.preloaded.lock().expect("lock") = Some((8, 5));
+    let (ctx, mut api, _w) = context(t(2_000), Arc::clone(&nodes));
+    let ds = dataset(json!({ "pool": "analytics", "preload": true }), 500, true);
+    let run = tokio::spawn(reconcile(Arc::new(ds.clone()), Arc::clone(&ctx)));
+    expect_pool_get(&mut api, Some(&pool(&env.url))).await;
+    let s = expect_status(&mut api, &ds).await;
+    assert_eq!(s["status"]["phase"], "Ready");
+    assert_eq!(s["status"]["tier"], "Storage");
+    assert_eq!(s["status"]["hot"], "5/8");
+    let c = condition(&s, "Preloaded");
+    assert_eq!(c["status"], "False");
+    assert_eq!(c["reason"], "PartlyPreloaded");
+    let message = c["message"].as_str().expect("message");
+    assert!(
+        message.contains("5 of 8 parts")
+            && message.contains("grpc://other:8815: connection refused"),
+        "{message}"
+    );
+    run.await.expect("task").expect("reconcile");
     drop(ctx);
     api.done().await;
 }

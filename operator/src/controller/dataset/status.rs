@@ -2,10 +2,11 @@
 
 use chrono::{DateTime, Utc};
 use flight_node::name::DatasetId;
+use flight_node::node::PreloadResult;
 use flight_node::ticket::{Ticket, TicketSigner};
 
 use crate::controller::{clear_condition, set_condition, NewCondition};
-use crate::crd::{ArrowDatasetStatus, DatasetPhase, Tier};
+use crate::crd::{ArrowDatasetStatus, ConsumersStatus, DatasetPhase, Tier};
 use crate::gc::Plan;
 use crate::ttl;
 
@@ -38,7 +39,7 @@ pub fn fill(
     id: &DatasetId,
     signer: Option<&TicketSigner>,
     endpoint: String,
-    preload: Option<Result<bool, String>>,
+    preload: Option<Result<PreloadResult, String>>,
     generation: Option<i64>,
     now: DateTime<Utc>,
 ) {
@@ -59,6 +60,8 @@ pub fn fill(
             status.stored_bytes = None;
             status.size = None;
             status.tier = None;
+            status.hot = None;
+            status.consumers = None;
             set_condition(
                 &mut status.conditions,
                 NewCondition {
@@ -84,13 +87,16 @@ pub fn fill(
             status.bytes = Some(to_i64(manifest.bytes));
             status.stored_bytes = Some(to_i64(manifest.stored_bytes));
             status.size = Some(human_bytes(manifest.bytes));
-            // Memory when the owner node confirmed a preload; otherwise the durable copy is
-            // what the operator can vouch for (nodes also cache what they serve).
-            status.tier = Some(if matches!(preload, Some(Ok(true))) {
-                Tier::Memory
-            } else {
-                Tier::Storage
-            });
+            status.consumers = manifest.consumers.as_ref().map(ConsumersStatus::of);
+            // Memory when the owners of every part confirmed a preload; otherwise the
+            // durable copy is what the operator can vouch for (nodes also cache what they
+            // serve).
+            let all_hot = matches!(&preload, Some(Ok(p)) if p.cached);
+            status.tier = Some(if all_hot { Tier::Memory } else { Tier::Storage });
+            status.hot = match &preload {
+                Some(Ok(p)) => Some(format!("{}/{}", p.parts_cached, p.parts)),
+                _ => None,
+            };
             set_condition(
                 &mut status.conditions,
                 NewCondition {
@@ -104,15 +110,46 @@ pub fn fill(
             );
         }
     }
-    if let Some(result) = preload {
+    if let Some(result) = &preload {
         let (status_ok, reason, message) = match result {
-            Ok(true) => (true, "Preloaded", "the owner node holds the newest version in memory".to_string()),
-            Ok(false) => (
-                false,
-                "TooLargeForMemory",
-                "the newest version does not fit the owner node's memory limit; it is served from storage".to_string(),
+            Ok(p) if p.cached => (
+                true,
+                "Preloaded",
+                format!(
+                    "the pool holds all {} parts of the newest version in memory, on {} node(s)",
+                    p.parts,
+                    p.nodes.iter().filter(|n| n.cached > 0).count()
+                ),
             ),
-            Err(e) => (false, "PreloadFailed", e),
+            Ok(p) => {
+                let failed: Vec<String> = p
+                    .nodes
+                    .iter()
+                    .filter_map(|n| n.error.as_ref().map(|e| format!("{}: {e}", n.node)))
+                    .collect();
+                if failed.is_empty() {
+                    (
+                        false,
+                        "TooLargeForMemory",
+                        format!(
+                            "{} of {} parts of the newest version are in memory; the others do not fit their owners' memory limit and are served from storage",
+                            p.parts_cached, p.parts
+                        ),
+                    )
+                } else {
+                    (
+                        false,
+                        "PartlyPreloaded",
+                        format!(
+                            "{} of {} parts of the newest version are in memory; the others are served from storage because their owners could not load them ({})",
+                            p.parts_cached,
+                            p.parts,
+                            failed.join("; ")
+                        ),
+                    )
+                }
+            }
+            Err(e) => (false, "PreloadFailed", e.clone()),
         };
         set_condition(
             &mut status.conditions,

@@ -124,6 +124,15 @@ pub fn labels(pool: &str) -> BTreeMap<String, String> {
     l
 }
 
+/// The pods' label selector as text (`app.kubernetes.io/name=flight-node,...`).
+pub fn selector(pool: &str) -> String {
+    selector_labels(pool)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn selector_labels(pool: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
@@ -161,6 +170,9 @@ pub fn validate(spec: &FlightPoolSpec) -> Result<(), BuildError> {
         return Err(BuildError::NegativeReplicas(spec.replicas));
     }
     crate::ttl::parse_ttl(&spec.default_ttl)?;
+    if let Some(grace) = &spec.release_grace {
+        crate::ttl::parse_ttl(grace)?;
+    }
     flight_node::contract::Contracts::from_yaml(&contracts_yaml(&spec.contracts))
         .map_err(|e| BuildError::InvalidContracts(e.to_string()))?;
     Ok(())
@@ -406,6 +418,12 @@ fn node_env(pool: &str, namespace: &str, spec: &FlightPoolSpec) -> Vec<EnvVar> {
     }
     if let Some(limit) = &spec.memory_limit {
         env_vars.push(env("FLIGHT_MEMORY_LIMIT", limit.clone()));
+    }
+    if let Some(size) = &spec.part_size {
+        env_vars.push(env("FLIGHT_PART_SIZE", size.clone()));
+    }
+    if let Some(grace) = &spec.release_grace {
+        env_vars.push(env("FLIGHT_RELEASE_GRACE", grace.clone()));
     }
     if let Some(auth) = &spec.auth {
         env_vars.push(env(
@@ -658,6 +676,8 @@ mod tests {
             ("minio-creds".into(), "password".into())
         );
         assert_eq!(value(&env, "FLIGHT_MEMORY_LIMIT"), "2GiB");
+        assert_eq!(value(&env, "FLIGHT_PART_SIZE"), "16MiB");
+        assert_eq!(value(&env, "FLIGHT_RELEASE_GRACE"), "45s");
         assert_eq!(value(&env, "FLIGHT_DEFAULT_TTL"), "6h");
         assert_eq!(value(&env, "FLIGHT_LISTEN"), "0.0.0.0:8815");
         assert_eq!(value(&env, "FLIGHT_HTTP_LISTEN"), "0.0.0.0:8816");

@@ -13,7 +13,8 @@ use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 
 use super::{apply, apply_status, Context, Error};
-use crate::crd::{ArrowDataset, FlightPool};
+use crate::controller::node::NodeTarget;
+use crate::crd::{ArrowDataset, FlightPool, PoolCache};
 
 /// Controller label in metrics and logs.
 pub const CONTROLLER: &str = "pool";
@@ -66,11 +67,73 @@ pub async fn reconcile(pool: Arc<FlightPool>, ctx: Arc<Context>) -> Result<Actio
     let sts = apply(&ctx.client, &namespace, &objects.stateful_set).await?;
     apply(&ctx.client, &namespace, &objects.pod_disruption_budget).await?;
 
-    let status = status::observed(&pool, &sts, datasets, now);
+    // The same storage check a node runs at start, so a misconfigured pool says why on
+    // its status even while its pods crash-loop.
+    let storage = match ctx.storage_for(&pool).await {
+        Ok(s) => ctx.nodes.check_storage(s).await,
+        Err(e) => Err(e.to_string()),
+    };
+    let was_usable = status::storage_usable(&pool);
+    let mut status = status::observed(&pool, &sts, datasets, storage.as_ref().err(), now);
+    status.cache = cache_fill(&ctx, &pool, status.ready_replicas).await;
     if pool.status.as_ref() != Some(&status) {
         apply_status(&api, &pool, &status).await?;
     }
+    if let Err(problem) = &storage {
+        if was_usable != Some(false) {
+            ctx.event(
+                &*pool,
+                EventType::Warning,
+                "StorageUnusable",
+                problem.clone(),
+            )
+            .await;
+        }
+        return Ok(Action::requeue(ctx.config.retry_after.max(RESYNC / 10)));
+    }
+    let answered = status.cache.as_ref().map_or(0, |c| c.nodes);
+    if status.ready_replicas > answered {
+        // A node that just became ready may not answer yet: ask again soon for the fill.
+        return Ok(Action::requeue(
+            ctx.config.retry_after.clamp(Duration::from_secs(1), RESYNC),
+        ));
+    }
     Ok(Action::requeue(RESYNC))
+}
+
+/// The pool's cache fill, from the `stats` of each ready node (asked at once, each for at
+/// most a few seconds); None when no node answers.
+async fn cache_fill(ctx: &Context, pool: &FlightPool, ready: i32) -> Option<PoolCache> {
+    if ready <= 0 {
+        return None;
+    }
+    let namespace = pool.namespace().unwrap_or_default();
+    let token = crate::controller::dataset::operator_token(ctx, pool)
+        .await
+        .ok()?;
+    let peers = build::peers(&pool.name_any(), &namespace, &pool.spec);
+    let answers = futures::future::join_all(peers.into_iter().map(|uri| {
+        ctx.nodes.cache(NodeTarget {
+            uri,
+            token: token.clone(),
+        })
+    }))
+    .await;
+    let figures: Vec<(u64, u64)> = answers.into_iter().filter_map(Result::ok).collect();
+    if figures.is_empty() {
+        return None;
+    }
+    let used: u64 = figures.iter().map(|f| f.0).sum();
+    let capacity: u64 = figures.iter().map(|f| f.1).sum();
+    let percent = used.saturating_mul(100).checked_div(capacity).unwrap_or(0);
+    Some(PoolCache {
+        cached_bytes: i64::try_from(used).unwrap_or(i64::MAX),
+        capacity_bytes: i64::try_from(capacity).unwrap_or(i64::MAX),
+        cached: crate::controller::dataset::status::human_bytes(used),
+        capacity: crate::controller::dataset::status::human_bytes(capacity),
+        percentage: format!("{percent}%"),
+        nodes: i32::try_from(figures.len()).unwrap_or(i32::MAX),
+    })
 }
 
 /// Retries transient failures after the configured delay.

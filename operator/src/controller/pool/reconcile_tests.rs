@@ -53,6 +53,44 @@ async fn expect_applies(
     bodies
 }
 
+/// Answers the operator's reads of the FULL fixture's storage credentials (one per key).
+async fn expect_credentials(api: &mut ApiServerVerifier) {
+    for _ in 0..2 {
+        expect_secret(api).await;
+    }
+}
+
+/// Answers the read of the operator's token, before it asks the nodes for their stats.
+async fn expect_operator_token(api: &mut ApiServerVerifier) {
+    api.expect(Method::GET, &path("v1", "data", "secrets", "flight-auth"))
+        .await
+        .respond(
+            200,
+            &json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "flight-auth", "namespace": "data"},
+                // base64 of "operator-secret"
+                "data": {"operator-token": "b3BlcmF0b3Itc2VjcmV0"},
+            }),
+        );
+}
+
+async fn expect_secret(api: &mut ApiServerVerifier) {
+    api.expect(Method::GET, &path("v1", "data", "secrets", "minio-creds"))
+        .await
+        .respond(
+            200,
+            &json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "minio-creds", "namespace": "data"},
+                // base64 of "user" and "password"
+                "data": {"user": "dXNlcg==", "password": "cGFzc3dvcmQ="},
+            }),
+        );
+}
+
 #[tokio::test]
 async fn pool_create_applies_every_object_and_reports_status() {
     let nodes = Arc::new(FakeNodes::default());
@@ -110,6 +148,8 @@ async fn pool_update_and_scale_reach_the_statefulset_and_peers() {
     let run = tokio::spawn(reconcile(Arc::new(p.clone()), Arc::clone(&ctx)));
 
     let bodies = expect_applies(&mut api, "data", "analytics", 5).await;
+    expect_credentials(&mut api).await;
+    expect_operator_token(&mut api).await;
     let peers: serde_yaml::Value =
         serde_yaml::from_str(bodies[0]["data"]["peers.yaml"].as_str().expect("peers"))
             .expect("yaml");
@@ -156,6 +196,8 @@ async fn reconciling_twice_writes_nothing_new() {
     let p = pool(FULL);
     let run = tokio::spawn(reconcile(Arc::new(p.clone()), Arc::clone(&ctx)));
     let first = expect_applies(&mut api, "data", "analytics", 3).await;
+    expect_credentials(&mut api).await;
+    expect_operator_token(&mut api).await;
     let status = api
         .expect(
             Method::PATCH,
@@ -179,6 +221,8 @@ async fn reconciling_twice_writes_nothing_new() {
     let (ctx, mut api, _w) = context(t(5_000), nodes);
     let run = tokio::spawn(reconcile(Arc::new(p2), Arc::clone(&ctx)));
     let second = expect_applies(&mut api, "data", "analytics", 3).await;
+    expect_credentials(&mut api).await;
+    expect_operator_token(&mut api).await;
     assert_eq!(
         first, second,
         "identical applies are no-ops for server-side apply"
@@ -239,6 +283,134 @@ async fn invalid_pool_spec_becomes_a_condition_and_an_event() {
         .await
         .expect("reconcile");
     assert_eq!(action, Action::await_change());
+    drop(ctx);
+    api.done().await;
+}
+
+#[tokio::test]
+async fn unusable_storage_is_a_condition_and_one_event() {
+    let nodes = Arc::new(FakeNodes::default());
+    *nodes.storage_problem.lock().expect("lock") = Some(
+        "storage s3://scratch-bucket is not usable (listing failed): the bucket does not exist"
+            .into(),
+    );
+    let (ctx, mut api, _w) = context(t(1_000), Arc::clone(&nodes));
+    let mut p = pool(MINIMAL);
+    let run = tokio::spawn(reconcile(Arc::new(p.clone()), Arc::clone(&ctx)));
+    expect_applies(&mut api, "default", "scratch", 1).await;
+    let status = api
+        .expect(
+            Method::PATCH,
+            &path(
+                "arrow.trinity.io/v1alpha1",
+                "default",
+                "flightpools",
+                "scratch/status",
+            ),
+        )
+        .await
+        .status_of(&p);
+    let storage = status["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "StorageReady")
+        .cloned()
+        .expect("StorageReady");
+    assert_eq!(storage["status"], "False");
+    assert_eq!(storage["reason"], "StorageUnusable");
+    assert!(storage["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("the bucket does not exist"));
+    let event = api
+        .expect(Method::POST, &events_path("default"))
+        .await
+        .echo();
+    assert_eq!(event["reason"], "StorageUnusable");
+    assert_eq!(event["type"], "Warning");
+    let action = run.await.expect("task").expect("reconcile");
+    assert_ne!(
+        action,
+        Action::requeue(RESYNC),
+        "a broken storage is looked at again sooner"
+    );
+    drop(ctx);
+    api.done().await;
+
+    // Still broken on the next pass: no second Event. Then fixed: the condition turns True.
+    p.status = Some(serde_json::from_value(status["status"].clone()).expect("status"));
+    let (ctx, mut api, _w) = context(t(2_000), Arc::clone(&nodes));
+    let run = tokio::spawn(reconcile(Arc::new(p.clone()), Arc::clone(&ctx)));
+    expect_applies(&mut api, "default", "scratch", 1).await;
+    run.await.expect("task").expect("reconcile");
+    drop(ctx);
+    api.done().await;
+
+    *nodes.storage_problem.lock().expect("lock") = None;
+    *nodes.cache.lock().expect("lock") = Some((0, 1 << 30));
+    let (ctx, mut api, _w) = context(t(3_000), nodes);
+    let run = tokio::spawn(reconcile(Arc::new(p.clone()), Arc::clone(&ctx)));
+    expect_applies(&mut api, "default", "scratch", 1).await;
+    let status = api
+        .expect(
+            Method::PATCH,
+            &path(
+                "arrow.trinity.io/v1alpha1",
+                "default",
+                "flightpools",
+                "scratch/status",
+            ),
+        )
+        .await
+        .status_of(&p);
+    let storage = status["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "StorageReady")
+        .cloned()
+        .expect("StorageReady");
+    assert_eq!(storage["status"], "True");
+    assert_eq!(
+        run.await.expect("task").expect("reconcile"),
+        Action::requeue(RESYNC)
+    );
+    drop(ctx);
+    api.done().await;
+}
+
+#[tokio::test]
+async fn cache_fill_of_the_ready_nodes_is_in_the_status() {
+    let nodes = Arc::new(FakeNodes::default());
+    *nodes.cache.lock().expect("lock") = Some((256 << 20, 1 << 30));
+    let (ctx, mut api, _w) = context(t(1_000), Arc::clone(&nodes));
+    let p = pool(MINIMAL);
+    let run = tokio::spawn(reconcile(Arc::new(p.clone()), Arc::clone(&ctx)));
+    expect_applies(&mut api, "default", "scratch", 1).await;
+    let status = api
+        .expect(
+            Method::PATCH,
+            &path(
+                "arrow.trinity.io/v1alpha1",
+                "default",
+                "flightpools",
+                "scratch/status",
+            ),
+        )
+        .await
+        .status_of(&p);
+    let cache = &status["status"]["cache"];
+    assert_eq!(cache["cachedBytes"], 256 << 20, "{status}");
+    assert_eq!(cache["capacityBytes"], 1 << 30);
+    assert_eq!(cache["percentage"], "25%");
+    assert_eq!(cache["cached"], "256.0 MiB");
+    assert_eq!(cache["nodes"], 1);
+    assert!(nodes
+        .calls()
+        .iter()
+        .any(|(a, uri)| a == "stats" && uri.contains("scratch-0.scratch-headless.default.svc")));
+    run.await.expect("task").expect("reconcile");
     drop(ctx);
     api.done().await;
 }

@@ -14,6 +14,7 @@ pub fn observed(
     pool: &FlightPool,
     sts: &StatefulSet,
     datasets: i32,
+    storage_problem: Option<&String>,
     now: DateTime<Utc>,
 ) -> FlightPoolStatus {
     let generation = pool.metadata.generation;
@@ -28,6 +29,7 @@ pub fn observed(
     status.ready_replicas = ready;
     status.datasets = datasets;
     status.observed_generation = generation;
+    status.selector = Some(build::selector(&pool.name_any()));
     status.endpoint = Some(build::endpoint(
         &pool.name_any(),
         &pool.namespace().unwrap_or_default(),
@@ -40,6 +42,25 @@ pub fn observed(
             status: true,
             reason: "Accepted",
             message: "the spec was accepted".into(),
+        },
+        generation,
+        now,
+    );
+    let (usable, reason, message) = match storage_problem {
+        None => (
+            true,
+            "StorageReachable",
+            "the operator lists the pool's storage".to_owned(),
+        ),
+        Some(p) => (false, "StorageUnusable", p.clone()),
+    };
+    set_condition(
+        &mut status.conditions,
+        NewCondition {
+            type_: "StorageReady",
+            status: usable,
+            reason,
+            message,
         },
         generation,
         now,
@@ -71,6 +92,16 @@ pub fn observed(
         now,
     );
     status
+}
+
+/// Whether the last status found the pool's storage usable (None before any check).
+pub fn storage_usable(pool: &FlightPool) -> Option<bool> {
+    pool.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "StorageReady")
+        .map(|c| c.status == "True")
 }
 
 /// Status of a pool whose spec was refused: the last observed counts stay, both conditions
