@@ -36,7 +36,7 @@ test: venv build
 	MOTO_SERVER=$(abspath $(VENV))/bin/moto_server $(CARGO) test --workspace --exclude cluster-tests; \
 	FLIGHT_NODE_BIN=$(abspath target/debug/flight-node) $(VENV)/bin/python -m pytest -q tests/python; \
 	FLIGHT_NODE_BIN=$(abspath target/debug/flight-node) $(VENV)/bin/python -m pytest -q clients/python/tests; \
-	$(VENV)/bin/python -m pytest -q tests/chart; \
+	$(VENV)/bin/python -m pytest -q tests/chart tests/structure; \
 	FLIGHT_NODE_BIN=$(abspath target/debug/flight-node) tests/interop/run; \
 	FLIGHT_NODE_BIN=$(abspath target/debug/flight-node) tests/soak/run --short; \
 	$(MAKE) test-cluster
@@ -64,9 +64,12 @@ test-cluster: venv build
 	tests/k8s/control-plane up; \
 	FLIGHT_OPERATOR_BIN=$(abspath target/debug/flight-operator) $(CARGO) test -p cluster-tests
 
-lint:
+## lint: formatting, clippy, and the code's shape (no import circles, module sizes, the
+## operator's dependency tree; tests/structure)
+lint: venv
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/python -m pytest -q tests/structure
 
 ## test-e2e: the chart on a one-node cluster where pods run (tests/k8s/cluster, as root):
 ## images of this checkout's binaries, the dev MinIO, an upload and reads through the pool's

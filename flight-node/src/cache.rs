@@ -134,7 +134,7 @@ where
     let messages = encoded
         .into_iter()
         .map(|m| {
-            let (frame, data) = crate::zerocopy::contiguous(m);
+            let (frame, data) = crate::wire::contiguous(m);
             Message {
                 data,
                 frame: Some(frame),
@@ -420,6 +420,21 @@ impl Cache {
             evictions: self.evictions.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Bytes of Arrow data a batch references. Unlike `get_array_memory_size`, a buffer shared
+/// by several columns (as after decoding one IPC message) is not counted once per column,
+/// and a slice counts only its rows.
+pub fn batch_size(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| {
+            c.to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size())
+        })
+        .sum()
 }
 
 #[cfg(test)]

@@ -27,7 +27,6 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
-use serde::{Deserialize, Serialize};
 
 use crate::cache::{encode_part, EncodedPart};
 use crate::error::{Error, Result};
@@ -38,52 +37,20 @@ const COALESCE_BELOW_ROWS: usize = 16 * 1024;
 /// encoded by several threads), but row groups stay at least this long.
 const MIN_GROUP_ROWS: usize = 64 * 1024;
 
-/// How a version's parts are stored.
-///
-/// Parquet is the default: compact, and readable by every data tool. It cannot hold every
-/// Arrow type exactly (unions, run-end encoding, intervals with days and nanoseconds,
-/// maps' field names, nested or unsigned-key dictionaries, view and list-view layouts,
-/// extension types' storage), so a version whose schema holds any type outside
-/// [`parquet_holds`] is stored as Arrow IPC files instead, which keep every type, name
-/// and metadata as uploaded. The choice is per version and recorded in its manifest; the
-/// part's file extension says it too (`.parquet` or `.arrow`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PartFormat {
-    #[default]
-    Parquet,
-    ArrowIpc,
+pub use crate::manifest::PartFormat;
+
+/// A Parquet error while encoding an upload's data.
+pub fn parquet_error(e: parquet::errors::ParquetError) -> Error {
+    Error::data("process Parquet data", e)
 }
 
-impl PartFormat {
-    /// The format that stores `schema` without changing it.
-    pub fn for_schema(schema: &Schema) -> Self {
-        if parquet_holds(schema) {
-            PartFormat::Parquet
-        } else {
-            PartFormat::ArrowIpc
-        }
-    }
-
-    /// The file extension of a part in this format.
-    pub fn extension(self) -> &'static str {
-        match self {
-            PartFormat::Parquet => "parquet",
-            PartFormat::ArrowIpc => "arrow",
-        }
-    }
-
-    /// The format of a part file, from its name.
-    pub fn of_path(path: &str) -> Self {
-        if path.ends_with(".arrow") {
-            PartFormat::ArrowIpc
-        } else {
-            PartFormat::Parquet
-        }
-    }
-
-    pub fn is_parquet(&self) -> bool {
-        *self == PartFormat::Parquet
+/// The format that stores `schema` without changing it: Parquet when
+/// [`parquet_holds`] it, Arrow IPC otherwise.
+pub fn format_for(schema: &Schema) -> PartFormat {
+    if parquet_holds(schema) {
+        PartFormat::Parquet
+    } else {
+        PartFormat::ArrowIpc
     }
 }
 
@@ -206,8 +173,9 @@ impl PartEncoder {
             PartFormat::Parquet => {
                 let props = properties(&schema);
                 let max_group_rows = props.max_row_group_row_count().unwrap_or(usize::MAX).max(1);
-                let writer = ArrowWriter::try_new(Chunks::default(), schema.clone(), Some(props))?;
-                let (file, factory) = writer.into_serialized_writer()?;
+                let writer = ArrowWriter::try_new(Chunks::default(), schema.clone(), Some(props))
+                    .map_err(parquet_error)?;
+                let (file, factory) = writer.into_serialized_writer().map_err(parquet_error)?;
                 let sink = Sink::Parquet {
                     file: Box::new(file),
                     factory: Box::new(factory),
@@ -264,7 +232,7 @@ impl PartEncoder {
             self.rows += rows as u64;
             self.bytes += batches
                 .iter()
-                .map(|b| crate::node::batch_size(b) as u64)
+                .map(|b| crate::cache::batch_size(b) as u64)
                 .sum::<u64>();
             if let Some(f) = self.flight.as_mut() {
                 let mut p = encode_part(&self.schema, &batches, self.message_target)?;
@@ -278,7 +246,7 @@ impl PartEncoder {
         self.rows += rows as u64;
         self.bytes += batches
             .iter()
-            .map(|b| crate::node::batch_size(b) as u64)
+            .map(|b| crate::cache::batch_size(b) as u64)
             .sum::<u64>();
         for group in row_groups(&batches, self.max_group_rows) {
             self.add_group(&group)?;
@@ -311,13 +279,15 @@ impl PartEncoder {
         let Sink::Parquet { file, factory } = &mut self.sink else {
             return Err(Error::Internal("a row group for an Arrow IPC part".into()));
         };
-        let writers = factory.create_column_writers(self.groups)?;
+        let writers = factory
+            .create_column_writers(self.groups)
+            .map_err(parquet_error)?;
         self.groups += 1;
         let mut leaves: Vec<Vec<ArrowLeafColumn>> = writers.iter().map(|_| Vec::new()).collect();
         for batch in group {
             let mut leaf = 0;
             for (field, column) in self.schema.fields().iter().zip(batch.columns()) {
-                for l in compute_leaves(field, column)? {
+                for l in compute_leaves(field, column).map_err(parquet_error)? {
                     leaves
                         .get_mut(leaf)
                         .ok_or_else(|| Error::Internal("more leaf columns than writers".into()))?
@@ -356,9 +326,9 @@ impl PartEncoder {
                         leaves,
                     } => {
                         for l in &leaves {
-                            writer.write(l)?;
+                            writer.write(l).map_err(parquet_error)?;
                         }
-                        Done::Column(column, Box::new(writer.close()?))
+                        Done::Column(column, Box::new(writer.close().map_err(parquet_error)?))
                     }
                 };
                 results.lock().unwrap_or_else(|p| p.into_inner()).push(done);
@@ -390,13 +360,14 @@ impl PartEncoder {
                 Done::Column(c, chunk) => chunks[c] = Some(*chunk),
             }
         }
-        let mut rg = file.next_row_group()?;
+        let mut rg = file.next_row_group().map_err(parquet_error)?;
         for chunk in chunks {
             chunk
                 .ok_or_else(|| Error::Internal("a column chunk was not encoded".into()))?
-                .append_to_row_group(&mut rg)?;
+                .append_to_row_group(&mut rg)
+                .map_err(parquet_error)?;
         }
-        rg.close()?;
+        rg.close().map_err(parquet_error)?;
         Ok(())
     }
 
@@ -409,7 +380,7 @@ impl PartEncoder {
                         file.append_key_value_metadata(entry);
                     }
                 }
-                file.into_inner()?.finish()
+                file.into_inner().map_err(parquet_error)?.finish()
             }
             Sink::Ipc(mut w) => {
                 w.finish()?;

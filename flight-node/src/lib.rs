@@ -7,38 +7,36 @@
 //!
 //! Modules: [`service`] (the Flight RPCs), [`node`] (the logic behind them), [`http`] (probes,
 //! metrics, CSV upload/export), [`config`] (flags), [`server`] (start/stop), [`client`]
-//! (a Rust client), [`versions`] (the version lifecycle and its invariants), [`contract`],
+//! (a Rust client, from `flight-core`), [`parts`] (reading parts back), [`versions`] (the version lifecycle and its invariants), [`contract`],
 //! [`auth`], [`placement`] (which node owns each part) and [`fanout`] (work spread over the
 //! pool), [`name`], [`ttl`].
 #![forbid(unsafe_code)]
+
+// The contracts shared with clients and the operator live in `flight-core`; they keep
+// their paths here.
+pub use flight_core::{
+    client, consumers, contract, error, manifest, name, placement, protocol, storage, ticket, ttl,
+    versions,
+};
 
 pub mod auth;
 pub mod budget;
 pub mod cache;
 pub mod cancel;
-pub mod client;
 pub mod config;
 pub mod conn;
-pub mod consumers;
-pub mod contract;
 pub mod csv;
 pub mod dictionary;
 pub mod encode;
-pub mod error;
 pub mod fanout;
 pub mod http;
-pub mod manifest;
 pub mod memory;
 pub mod metrics;
-pub mod name;
 pub mod node;
-pub mod placement;
+pub mod parts;
 pub mod server;
 pub mod service;
-pub mod storage;
-pub mod ticket;
-pub mod ttl;
-pub mod versions;
+pub mod wire;
 pub mod zerocopy;
 
 pub use config::Config;

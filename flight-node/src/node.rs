@@ -20,7 +20,9 @@ use tokio::sync::watch;
 
 use crate::auth::Principal;
 use crate::budget::{Budgets, MemoryPermit};
-use crate::cache::{Cache, CacheKey, CacheStats, EncodedPart, Message, PartKey, Reservation};
+use crate::cache::{
+    batch_size, Cache, CacheKey, CacheStats, EncodedPart, Message, PartKey, Reservation,
+};
 use crate::config::Config;
 use crate::consumers::Consumers;
 use crate::contract::{Contract, Contracts};
@@ -106,87 +108,9 @@ pub struct PutOptions {
     pub consumers: Option<Consumers>,
 }
 
-/// Body of the `load` action: ingest an object from the node's storage as a new version.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct LoadRequest {
-    pub namespace: String,
-    pub name: String,
-    /// Object path relative to the storage root, or a URL under the storage URL.
-    pub source: String,
-    /// `csv` or `parquet`; guessed from the extension when absent.
-    #[serde(default)]
-    pub format: Option<String>,
-    #[serde(default)]
-    pub ttl: Option<String>,
-    #[serde(default)]
-    pub contract: Option<String>,
-    /// CSV field delimiter (default `,`).
-    #[serde(default)]
-    pub delimiter: Option<char>,
-    /// Who will read the version: a count, names, or `"a,b"`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consumers: Option<crate::consumers::ConsumersSpec>,
-}
-
-/// Body of the `preload` action. Without `parts`, the node loads the parts it owns and
-/// asks each other owner in the pool for theirs; with `parts` (and `version`), it loads
-/// just those (what the first node asks of the others).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PreloadRequest {
-    #[serde(default = "default_ns")]
-    pub namespace: String,
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parts: Option<Vec<u32>>,
-}
-
-/// The `preload` action's answer: how much of the version is in memory across the pool.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct PreloadResult {
-    pub version: u64,
-    /// Every part asked for is held in memory by its owner.
-    pub cached: bool,
-    /// Parts asked for (every part of the version, unless the request named some).
-    pub parts: u32,
-    /// Of those, the parts now in memory.
-    pub parts_cached: u32,
-    /// What each node did.
-    #[serde(default)]
-    pub nodes: Vec<NodePreload>,
-}
-
-/// One node's share of a `preload`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct NodePreload {
-    /// The node's advertised URI (empty for a standalone node).
-    pub node: String,
-    pub parts: u32,
-    pub cached: u32,
-    /// Why the node could not be asked, or failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// Body of the `delete` and `evict` actions.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct DatasetRef {
-    #[serde(default = "default_ns")]
-    pub namespace: String,
-    pub name: String,
-    #[serde(default)]
-    pub version: Option<u64>,
-}
-
-fn default_ns() -> String {
-    crate::name::DEFAULT_NAMESPACE.to_string()
-}
+pub use crate::protocol::{
+    CachedTableInfo, DatasetRef, LoadRequest, NodePreload, PreloadRequest, PreloadResult,
+};
 
 /// The `stats` action's answer.
 #[derive(Debug, Clone, Serialize)]
@@ -206,19 +130,6 @@ pub struct NodeStats {
     pub peers: Option<Vec<String>>,
     /// The versions of which this node holds parts in memory.
     pub tables: Vec<CachedTableInfo>,
-}
-
-/// The parts of one version held in this node's memory.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct CachedTableInfo {
-    pub namespace: String,
-    pub name: String,
-    pub version: u64,
-    /// Bytes of the parts held.
-    pub bytes: u64,
-    /// The parts held (indices into the version's parts), in order.
-    pub parts: Vec<u32>,
 }
 
 /// A manifest this node read, with the ETag of its record.
@@ -814,10 +725,8 @@ impl Node {
             .await?;
         let schema = manifest.arrow_schema()?;
         let target = self.limits.message_target();
-        let loaded = self
-            .storage
-            .load_part(info, READ_BATCH_ROWS, schema, target)
-            .await;
+        let loaded =
+            crate::parts::load_part(&self.storage, info, READ_BATCH_ROWS, schema, target).await;
         let mut encoded = match loaded {
             Ok(e) => e,
             Err(e) => return Err(deleted_or(&self.versions, manifest, e).await),
@@ -928,11 +837,7 @@ impl Node {
     async fn load_part(&self, manifest: &Manifest, info: &PartInfo) -> Result<EncodedPart> {
         let schema = manifest.arrow_schema()?;
         let target = self.limits.message_target();
-        match self
-            .storage
-            .load_part(info, READ_BATCH_ROWS, schema, target)
-            .await
-        {
+        match crate::parts::load_part(&self.storage, info, READ_BATCH_ROWS, schema, target).await {
             Ok(part) => Ok(part),
             Err(e) => Err(deleted_or(&self.versions, manifest, e).await),
         }
@@ -1064,7 +969,7 @@ impl Node {
                             "an export of a version not in memory",
                         )
                         .await?;
-                    let batches = storage.read_part(&info, READ_BATCH_ROWS).await?;
+                    let batches = crate::parts::read_part(&storage, &info, READ_BATCH_ROWS).await?;
                     permit.shrink_to(batches.iter().map(batch_size).sum());
                     // Held until the part's batches are written out.
                     Ok(holding(stream::iter(batches.into_iter().map(Ok)), permit).boxed())
@@ -1364,21 +1269,6 @@ pub fn check_batch_rows(batch: &RecordBatch) -> Result<()> {
     Ok(())
 }
 
-/// Bytes of Arrow data a batch references. Unlike `get_array_memory_size`, a buffer shared
-/// by several columns (as after decoding one IPC message) is not counted once per column,
-/// and a slice counts only its rows.
-pub fn batch_size(batch: &RecordBatch) -> usize {
-    batch
-        .columns()
-        .iter()
-        .map(|c| {
-            c.to_data()
-                .get_slice_memory_size()
-                .unwrap_or_else(|_| c.get_array_memory_size())
-        })
-        .sum()
-}
-
 /// `items`, keeping `held` (a budget reservation, a read guard) until the stream is done or
 /// dropped.
 fn holding<S, H>(items: S, held: H) -> impl Stream<Item = S::Item> + Send + 'static
@@ -1494,7 +1384,7 @@ impl<'a> PartWriter<'a> {
             node,
             id,
             upload_id,
-            format: PartFormat::for_schema(&schema),
+            format: crate::encode::format_for(&schema),
             schema,
             contract,
             pending: Vec::new(),

@@ -48,12 +48,7 @@ use crate::node::{
 };
 use crate::ticket::Ticket;
 
-/// Header naming the TTL of an upload.
-pub const TTL_HEADER: &str = "x-flight-ttl";
-/// Header naming the data contract of an upload.
-pub const CONTRACT_HEADER: &str = "x-flight-contract";
-/// Header naming (`scorer,reporter`) or counting (`2`) the consumers of an upload.
-pub const CONSUMERS_HEADER: &str = "x-flight-consumers";
+pub use crate::protocol::{CONSUMERS_HEADER, CONTRACT_HEADER, TTL_HEADER};
 /// Location that tells a client to reuse the connection it already has.
 pub const REUSE_CONNECTION: &str = "arrow-flight-reuse-connection://?";
 

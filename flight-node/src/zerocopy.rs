@@ -19,15 +19,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use arrow_flight::flight_service_server::FlightServiceServer;
-use arrow_flight::FlightData;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use prost::encoding::{encode_key, encode_varint, WireType};
 use prost::Message as _;
 use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
@@ -36,6 +34,7 @@ use tonic::Status;
 use crate::cache::Message;
 use crate::error::{Error, Result};
 use crate::service::FlightNodeService;
+use crate::wire::frame;
 
 const DO_GET_PATH: &str = "/arrow.flight.protocol.FlightService/DoGet";
 /// A `Ticket` request is a few hundred bytes; anything much larger is refused unread.
@@ -133,83 +132,6 @@ async fn read_ticket(body: tonic::body::Body) -> Result<Bytes> {
     Ok(ticket.ticket)
 }
 
-/// Frames one message: returns the small head (gRPC prefix, protobuf keys and lengths,
-/// the IPC header and metadata) and the body to send after it as is.
-pub fn frame(m: &FlightData) -> (Bytes, Bytes) {
-    let header_len = m.data_header.len();
-    let meta_len = m.app_metadata.len();
-    let body_len = m.data_body.len();
-    let field = |tag: u32, len: usize| field_prefix_len(tag, len) + len;
-    let message_len = field(2, header_len) + field(3, meta_len) + field(1000, body_len);
-    let mut head = BytesMut::with_capacity(5 + message_len - body_len);
-    head.put_u8(0);
-    // A message never exceeds the configured maximum size, far below 4 GiB.
-    head.put_u32(u32::try_from(message_len).unwrap_or(u32::MAX));
-    if header_len > 0 {
-        encode_key(2, WireType::LengthDelimited, &mut head);
-        encode_varint(header_len as u64, &mut head);
-        head.put_slice(&m.data_header);
-    }
-    if meta_len > 0 {
-        encode_key(3, WireType::LengthDelimited, &mut head);
-        encode_varint(meta_len as u64, &mut head);
-        head.put_slice(&m.app_metadata);
-    }
-    if body_len > 0 {
-        encode_key(1000, WireType::LengthDelimited, &mut head);
-        encode_varint(body_len as u64, &mut head);
-    }
-    (head.freeze(), m.data_body.clone())
-}
-
-/// Bytes of a length-delimited field's key and length (none for an empty field, which
-/// `frame` leaves out).
-fn field_prefix_len(tag: u32, len: usize) -> usize {
-    if len == 0 {
-        0
-    } else {
-        prost::encoding::key_len(tag) + prost::encoding::encoded_len_varint(len as u64)
-    }
-}
-
-/// Lays a message out as its whole gRPC frame in one buffer; returns the frame and a
-/// `FlightData` whose fields are slices of it. The body's own buffer is reused when nothing
-/// else shares it (the head is inserted in front of the data, in place), so the data is
-/// not copied into fresh memory.
-pub fn contiguous(m: FlightData) -> (Bytes, FlightData) {
-    let (head, _) = frame(&m);
-    // Where `frame` put the header and the metadata; the body follows the head.
-    let header_start = 5 + field_prefix_len(2, m.data_header.len());
-    let header_end = header_start + m.data_header.len();
-    let meta_start = header_end + field_prefix_len(3, m.app_metadata.len());
-    let meta_end = meta_start + m.app_metadata.len();
-    let body_start = head.len();
-    let frame = match m.data_body.try_into_mut() {
-        Ok(body) => {
-            let mut buf = Vec::from(body);
-            // Exactly the head's room: `splice` alone may double the allocation.
-            buf.reserve_exact(head.len());
-            buf.splice(0..0, head.iter().copied());
-            // The frame is cached: spare capacity left by the encoder would stay resident.
-            buf.shrink_to_fit();
-            Bytes::from(buf)
-        }
-        Err(body) => {
-            let mut buf = BytesMut::with_capacity(head.len() + body.len());
-            buf.put_slice(&head);
-            buf.put_slice(&body);
-            buf.freeze()
-        }
-    };
-    let data = FlightData {
-        flight_descriptor: m.flight_descriptor,
-        data_header: frame.slice(header_start..header_end),
-        app_metadata: frame.slice(meta_start..meta_end),
-        data_body: frame.slice(body_start..),
-    };
-    (frame, data)
-}
-
 /// Response body: framed messages, then `grpc-status` trailers.
 struct GrpcBody {
     messages: BoxStream<'static, Result<Message>>,
@@ -296,6 +218,7 @@ mod tests {
 
     use arrow::array::{Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
+    use arrow_flight::FlightData;
 
     use crate::auth::Auth;
     use crate::contract::Contracts;
@@ -415,31 +338,6 @@ mod tests {
         );
     }
 
-    /// A message written into one frame keeps its fields (as slices of the frame), and the
-    /// frame is the message on the wire, with or without metadata and body.
-    #[test]
-    fn contiguous_frames_hold_the_message_fields() {
-        let cases = [
-            (vec![1u8; 300], vec![], vec![7u8; 100_000]),
-            (vec![2u8; 10], vec![9u8; 200], vec![8u8; 5]),
-            (vec![3u8; 130], vec![4u8; 1], vec![]),
-        ];
-        for (header, meta, body) in cases {
-            let m = FlightData {
-                flight_descriptor: None,
-                data_header: header.into(),
-                app_metadata: meta.into(),
-                data_body: body.into(),
-            };
-            let (frame, data) = contiguous(m.clone());
-            assert_eq!(data, m);
-            assert_eq!(frame[0], 0);
-            let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
-            assert_eq!(len + 5, frame.len());
-            assert_eq!(FlightData::decode(&frame[5..]).unwrap(), m);
-        }
-    }
-
     #[tokio::test]
     async fn bad_requests_get_a_status_not_a_stream() {
         let placement = Placement::new(None, None).unwrap();
@@ -479,32 +377,6 @@ mod tests {
                 .unwrap();
             let resp = tower::Service::call(&mut router, req).await.unwrap();
             assert_eq!(resp.headers()["grpc-status"], code, "{body:?}");
-        }
-    }
-
-    #[test]
-    fn frames_decode_as_protobuf_flight_data() {
-        for (header, meta, body) in [
-            (vec![1u8; 10], vec![], vec![7u8; 300]),
-            (vec![2u8; 200], vec![3u8; 5], vec![]),
-            (vec![], vec![], vec![]),
-            (vec![4u8; 1], vec![], vec![9u8; 70_000]),
-        ] {
-            let m = FlightData {
-                flight_descriptor: None,
-                data_header: header.into(),
-                app_metadata: meta.into(),
-                data_body: body.into(),
-            };
-            let (head, body) = frame(&m);
-            let mut wire = head.to_vec();
-            wire.extend_from_slice(&body);
-            assert_eq!(wire[0], 0);
-            let len = u32::from_be_bytes([wire[1], wire[2], wire[3], wire[4]]) as usize;
-            assert_eq!(len, wire.len() - 5);
-            assert_eq!(len, m.encoded_len());
-            let back = FlightData::decode(&wire[5..]).unwrap();
-            assert_eq!(back, m);
         }
     }
 }

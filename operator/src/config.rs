@@ -7,12 +7,9 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser};
 
-use crate::controller::pool::build::BuildConfig;
+use crate::controller::pool::build::{BuildConfig, DEFAULT_NODE_IMAGE};
 use crate::controller::ControllerConfig;
 use crate::runtime::{LeaderElection, OperatorConfig};
-
-/// Flight node image used when a FlightPool names none.
-pub const DEFAULT_NODE_IMAGE: &str = "ghcr.io/trinity-data/flight-node:0.1.0";
 
 /// Kubernetes operator for FlightPool and ArrowDataset resources.
 #[derive(Debug, Clone, Parser)]

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use flight_node::name::DatasetId;
-use flight_node::versions::Versions;
+use flight_core::name::DatasetId;
+use flight_core::versions::Versions;
 use kube::api::{ObjectMeta, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};

@@ -5,10 +5,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use flight_node::manifest::{Manifest, PutResult};
-use flight_node::name::DatasetId;
-use flight_node::node::{LoadRequest, NodePreload, PreloadResult};
-use flight_node::storage::Storage;
+use flight_core::manifest::{Manifest, PutResult};
+use flight_core::name::DatasetId;
+use flight_core::protocol::{LoadRequest, NodePreload, PreloadResult};
+use flight_core::storage::Storage;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use http::{Method, Request, Response};
@@ -187,7 +187,7 @@ pub async fn commit(
 ) -> Manifest {
     let expires = ttl.and_then(|ttl| crate::ttl::expiry(created, ttl).ok());
     let mut m: Manifest = serde_json::from_value(json!({
-        "format": flight_node::manifest::MANIFEST_FORMAT,
+        "format": flight_core::manifest::MANIFEST_FORMAT,
         "namespace": namespace,
         "name": name,
         "version": 0,
@@ -204,8 +204,8 @@ pub async fn commit(
         "source": "test",
     }))
     .expect("manifest json");
-    let versions = flight_node::versions::Versions::new(storage.clone());
-    let id = flight_node::name::DatasetId::new(namespace, name).expect("dataset id");
+    let versions = flight_core::versions::Versions::new(storage.clone());
+    let id = flight_core::name::DatasetId::new(namespace, name).expect("dataset id");
     let upload = versions.begin(&id, std::time::Duration::from_secs(3600));
     m.upload_id = upload.upload_id().to_string();
     let m = versions.commit(upload, m).await.expect("commit");

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use flight_node::manifest::Manifest;
+use flight_core::manifest::Manifest;
 
 use crate::ttl::{self, TtlError};
 
@@ -81,7 +81,7 @@ mod tests {
 
     fn manifest(version: u64, created: i64, expires: Option<i64>) -> Manifest {
         let json = serde_json::json!({
-            "format": flight_node::manifest::MANIFEST_FORMAT,
+            "format": flight_core::manifest::MANIFEST_FORMAT,
             "namespace": "data",
             "name": "sales",
             "version": version,

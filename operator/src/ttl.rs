@@ -39,7 +39,7 @@ pub enum TtlError {
 
 /// Parses a TTL exactly as the flight node does (`30m`, `6h`, `7d`; not `0s`, `-5m`, `soon`).
 pub fn parse_ttl(text: &str) -> Result<Duration, TtlError> {
-    flight_node::ttl::parse_ttl(text).map_err(|e| TtlError::Invalid {
+    flight_core::ttl::parse_ttl(text).map_err(|e| TtlError::Invalid {
         text: text.to_owned(),
         reason: e.to_string(),
     })
@@ -47,7 +47,7 @@ pub fn parse_ttl(text: &str) -> Result<Duration, TtlError> {
 
 /// `created + ttl`, or [`TtlError::Overflow`] when that instant does not exist.
 pub fn expiry(created: DateTime<Utc>, ttl: Duration) -> Result<DateTime<Utc>, TtlError> {
-    flight_node::ttl::expires_at(created, ttl).ok_or(TtlError::Overflow { created, ttl })
+    flight_core::ttl::expires_at(created, ttl).ok_or(TtlError::Overflow { created, ttl })
 }
 
 /// Expiry of one version: the instant its manifest recorded, else `created + ttl`.
@@ -62,10 +62,11 @@ pub fn version_expiry(
     }
 }
 
-/// Whether something expiring at `at` has expired at `now`. The boundary instant counts as
-/// expired, as it does on the node, so the node and the collector never disagree.
+/// Whether something expiring at `at` has expired at `now`: the node's own rule
+/// ([`flight_core::ttl::is_expired`]; the boundary instant counts as expired), so the node
+/// and the collector cannot disagree.
 pub fn is_expired(at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
-    at <= now
+    flight_core::ttl::is_expired(Some(at), now)
 }
 
 /// How long to sleep before the next expiry at `at`: zero when it has passed, otherwise the

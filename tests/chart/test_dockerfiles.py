@@ -497,9 +497,9 @@ def test_final_images_match_what_the_chart_and_operator_run() -> None:
     values, app_version = _chart_defaults()
     node_image = f"{values['nodeImage']['repository']}:{app_version}"
     operator_image = f"{values['image']['repository']}:{app_version}"
-    config_rs = (ROOT / "operator" / "src" / "config.rs").read_text()
+    config_rs = (ROOT / "operator" / "src" / "controller" / "pool" / "build.rs").read_text()
     default_node = re.search(r'DEFAULT_NODE_IMAGE: &str = "([^"]+)"', config_rs)
-    assert default_node, "DEFAULT_NODE_IMAGE not found in operator/src/config.rs"
+    assert default_node, "DEFAULT_NODE_IMAGE not found in operator/src/controller/pool/build.rs"
     assert default_node.group(1) == node_image
     uid = values["podSecurityContext"]["runAsUser"]
     for image, tag in (("flight-node", node_image), ("flight-operator", operator_image)):

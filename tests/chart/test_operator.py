@@ -79,7 +79,7 @@ def test_default_args_and_env(render):
     args = args_of(c)
     assert args == {
         "metrics-addr": "0.0.0.0:8080",
-        # The operator's own default (config.rs DEFAULT_NODE_IMAGE) and the chart agree.
+        # The operator's own default (DEFAULT_NODE_IMAGE in controller/pool/build.rs) and the chart agree.
         "node-image": "ghcr.io/trinity-data/flight-node:0.1.0",
         "leader-election": "true",
         "lease-name": "flight-operator",

@@ -202,7 +202,7 @@ def test_names_are_the_chart_defaults(env: Dict[str, str]) -> None:
     """What the chart (and the operator's DEFAULT_NODE_IMAGE) runs unless told otherwise;
     the names tests/images/build was given through the environment otherwise."""
     defaults = _chart_defaults()
-    config_rs = (ROOT / "operator" / "src" / "config.rs").read_text()
+    config_rs = (ROOT / "operator" / "src" / "controller" / "pool" / "build.rs").read_text()
     assert f'DEFAULT_NODE_IMAGE: &str = "{defaults["flight-node"]}"' in config_rs
     for name in IMAGES:
         expected = os.environ.get(f"{_key(name)}_IMAGE", defaults[name])

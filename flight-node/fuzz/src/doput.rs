@@ -137,7 +137,7 @@ pub fn use_batches(a: &Accepted) -> Used {
     // What a client re-sending the batches would encode.
     let _ = arrow_flight::utils::batches_to_flight_data(&a.schema, &a.batches);
     for b in &a.batches {
-        let _ = flight_node::node::batch_size(b);
+        let _ = flight_node::cache::batch_size(b);
     }
 
     // The hot copy: the messages DoGet sends while the version is cached.
@@ -163,7 +163,7 @@ pub fn use_batches(a: &Accepted) -> Used {
     }
 
     // The stored copy: Parquet, or Arrow IPC for types Parquet cannot hold.
-    let format = PartFormat::for_schema(&a.schema);
+    let format = flight_node::encode::format_for(&a.schema);
     let stored = PartEncoder::new(a.schema.clone(), format, true, MESSAGE_TARGET, 1).and_then(
         |mut encoder| {
             for group in encoder.groups(a.batches.clone()) {

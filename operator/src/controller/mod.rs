@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use flight_node::storage::{Storage, StorageConfig};
+use flight_core::storage::{Storage, StorageConfig};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::NamespaceResourceScope;
@@ -84,7 +84,7 @@ pub enum Error {
         url: String,
         /// The storage error.
         #[source]
-        source: flight_node::Error,
+        source: flight_core::Error,
     },
     /// A storage credential could not be read from its Secret.
     #[error("failed to read key {key:?} of Secret {namespace}/{secret}: {reason}")]
@@ -152,7 +152,7 @@ impl Default for ControllerConfig {
     fn default() -> Self {
         Self {
             build: BuildConfig {
-                default_image: crate::config::DEFAULT_NODE_IMAGE.to_owned(),
+                default_image: pool::build::DEFAULT_NODE_IMAGE.to_owned(),
             },
             namespace: None,
             discovery_interval: Duration::from_secs(30),

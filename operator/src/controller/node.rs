@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use flight_node::client::NodeClient;
-use flight_node::manifest::PutResult;
-use flight_node::name::DatasetId;
-use flight_node::node::{LoadRequest, PreloadResult};
-use flight_node::storage::Storage;
+use flight_core::client::NodeClient;
+use flight_core::manifest::PutResult;
+use flight_core::name::DatasetId;
+use flight_core::protocol::{LoadRequest, PreloadResult};
+use flight_core::storage::Storage;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
@@ -77,8 +77,8 @@ impl Default for FlightNodes {
     }
 }
 
-fn node_error(action: &'static str, uri: &str, e: &flight_node::Error) -> NodeError {
-    use flight_node::Error as E;
+fn node_error(action: &'static str, uri: &str, e: &flight_core::Error) -> NodeError {
+    use flight_core::Error as E;
     let permanent = matches!(
         e,
         E::InvalidArgument(_) | E::NotFound(_) | E::ContractViolation(_) | E::Unimplemented(_)
@@ -110,7 +110,7 @@ fn call<T, F, Fut>(
 where
     T: Send + 'static,
     F: FnOnce(NodeClient) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = flight_node::Result<T>> + Send,
+    Fut: std::future::Future<Output = flight_core::Result<T>> + Send,
 {
     async move {
         let run = async {
@@ -140,7 +140,7 @@ impl NodeApi for FlightNodes {
             let v = c.stats().await?;
             match (v["memoryUsed"].as_u64(), v["memoryLimit"].as_u64()) {
                 (Some(used), Some(limit)) => Ok((used, limit)),
-                _ => Err(flight_node::Error::Internal(
+                _ => Err(flight_core::Error::Internal(
                     "the node's stats carry no cache figures (the operator's token needs every namespace)".into(),
                 )),
             }

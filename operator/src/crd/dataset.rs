@@ -291,7 +291,7 @@ pub struct ConsumersStatus {
 
 impl ConsumersStatus {
     /// The status of a version's consumers as its record holds them.
-    pub fn of(c: &flight_node::consumers::Consumers) -> Self {
+    pub fn of(c: &flight_core::consumers::Consumers) -> Self {
         let pending = c.pending();
         let summary = if c.is_done() {
             "all released".to_string()

@@ -7,12 +7,12 @@ pub mod status;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flight_node::consumers::ConsumersSpec;
-use flight_node::name::DatasetId;
-use flight_node::node::LoadRequest;
-use flight_node::storage::Storage;
-use flight_node::ticket::TicketSigner;
-use flight_node::versions::Versions;
+use flight_core::consumers::ConsumersSpec;
+use flight_core::name::DatasetId;
+use flight_core::protocol::LoadRequest;
+use flight_core::storage::Storage;
+use flight_core::ticket::TicketSigner;
+use flight_core::versions::Versions;
 use futures::future::join_all;
 use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
@@ -121,7 +121,7 @@ async fn owner_target(
 ) -> Result<NodeTarget, Error> {
     let namespace = pool.namespace().unwrap_or_default();
     let peers = build::peers(&pool.name_any(), &namespace, &pool.spec);
-    let uri = flight_node::placement::dataset_node(&peers, id)
+    let uri = flight_core::placement::dataset_node(&peers, id)
         .unwrap_or_else(|| build::endpoint(&pool.name_any(), &namespace, &pool.spec));
     Ok(NodeTarget {
         uri,
@@ -167,7 +167,7 @@ async fn ticket_signer(ctx: &Context, pool: &FlightPool) -> Result<Option<Ticket
 fn storage_error(
     storage: &Storage,
     action: String,
-) -> impl FnOnce(flight_node::Error) -> Error + '_ {
+) -> impl FnOnce(flight_core::Error) -> Error + '_ {
     move |source| Error::Storage {
         action,
         url: storage.url().to_owned(),
@@ -219,10 +219,10 @@ async fn apply_dataset(
         (Some(_), Some(_)) => {
             Some("set spec.consumers or spec.consumerCount, not both".to_string())
         }
-        (Some(names), None) => flight_node::consumers::Consumers::named(names.clone())
+        (Some(names), None) => flight_core::consumers::Consumers::named(names.clone())
             .err()
             .map(|e| format!("spec.consumers: {e}")),
-        (None, Some(n)) => flight_node::consumers::Consumers::counted(n)
+        (None, Some(n)) => flight_core::consumers::Consumers::counted(n)
             .err()
             .map(|e| format!("spec.consumerCount: {e}")),
         (None, None) => None,

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flight_node::name::DatasetId;
-use flight_node::storage::{Storage, StorageConfig};
+use flight_core::name::DatasetId;
+use flight_core::storage::{Storage, StorageConfig};
 use http::Method;
 use kube::runtime::controller::Action;
 use kube::runtime::watcher;
@@ -610,7 +610,7 @@ async fn preload_of_part_of_a_version_reports_how_much_is_hot() {
 
 /// The versions of the test dataset that are live in storage.
 async fn live_versions(storage: &Storage) -> Vec<u64> {
-    flight_node::versions::Versions::new(storage.clone())
+    flight_core::versions::Versions::new(storage.clone())
         .live(&id())
         .await
         .expect("versions")

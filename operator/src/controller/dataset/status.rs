@@ -1,9 +1,9 @@
 //! Pure status computation of the ArrowDataset controller from its collection plan.
 
 use chrono::{DateTime, Utc};
-use flight_node::name::DatasetId;
-use flight_node::node::PreloadResult;
-use flight_node::ticket::{Ticket, TicketSigner};
+use flight_core::name::DatasetId;
+use flight_core::protocol::PreloadResult;
+use flight_core::ticket::{Ticket, TicketSigner};
 
 use crate::controller::{clear_condition, set_condition, NewCondition};
 use crate::crd::{ArrowDatasetStatus, ConsumersStatus, DatasetPhase, Tier};

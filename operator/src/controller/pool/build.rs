@@ -38,6 +38,10 @@ const AUTH_DIR: &str = "/etc/flight/auth";
 const TLS_DIR: &str = "/etc/flight/tls";
 const DATA_DIR: &str = "/var/lib/flight";
 
+/// Flight node image used when a FlightPool names none (the operator's `--node-image`
+/// default; the chart's `nodeImage` agrees).
+pub const DEFAULT_NODE_IMAGE: &str = "ghcr.io/trinity-data/flight-node:0.1.0";
+
 /// Operator-wide inputs of the build step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildConfig {
@@ -173,7 +177,7 @@ pub fn validate(spec: &FlightPoolSpec) -> Result<(), BuildError> {
     if let Some(grace) = &spec.release_grace {
         crate::ttl::parse_ttl(grace)?;
     }
-    flight_node::contract::Contracts::from_yaml(&contracts_yaml(&spec.contracts))
+    flight_core::contract::Contracts::from_yaml(&contracts_yaml(&spec.contracts))
         .map_err(|e| BuildError::InvalidContracts(e.to_string()))?;
     Ok(())
 }
@@ -864,7 +868,7 @@ mod tests {
                 "grpc+tls://analytics-2.analytics-headless.data.svc:8815",
             ]
         );
-        let contracts = flight_node::contract::Contracts::from_yaml(&data[CONTRACTS_KEY])
+        let contracts = flight_core::contract::Contracts::from_yaml(&data[CONTRACTS_KEY])
             .expect("the node accepts the contracts file");
         let sales = contracts.get("sales").expect("sales contract");
         let fields: Vec<_> = sales

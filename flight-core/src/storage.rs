@@ -21,8 +21,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
@@ -33,12 +31,9 @@ use object_store::prefix::PrefixStore;
 use object_store::{
     ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
 };
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::cache::{encode_batches, EncodedPart};
-use crate::encode::PartFormat;
 use crate::error::{Error, Result};
-use crate::manifest::PartInfo;
+use crate::manifest::{PartFormat, PartInfo};
 use crate::name::DatasetId;
 
 /// How to reach the object store. Field names follow object_store's S3 options.
@@ -400,35 +395,9 @@ impl Storage {
         }
     }
 
-    /// Reads one Parquet part: one GET for the whole object, decoded off the async runtime.
-    /// Memory is bounded by the part size, which the writer bounds.
-    pub async fn read_part(&self, part: &PartInfo, batch_size: usize) -> Result<Vec<RecordBatch>> {
-        let (path, bytes) = self.get_part(part).await?;
-        tokio::task::spawn_blocking(move || part_batches(path, bytes, batch_size)?.collect())
-            .await
-            .map_err(|e| Error::Internal(format!("Parquet decoder task failed: {e}")))?
-    }
-
-    /// Reads one Parquet part into Flight messages of about `max_message` bytes: one GET for
-    /// the whole object, then batches are decoded and encoded one at a time off the async
-    /// runtime, so only one decoded batch is in memory besides the file and the messages.
-    pub async fn load_part(
-        &self,
-        part: &PartInfo,
-        batch_size: usize,
-        schema: SchemaRef,
-        max_message: usize,
-    ) -> Result<EncodedPart> {
-        let (path, bytes) = self.get_part(part).await?;
-        tokio::task::spawn_blocking(move || {
-            let batches = part_batches(path, bytes, batch_size)?;
-            encode_batches(&schema, batches, max_message)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("Parquet decoder task failed: {e}")))?
-    }
-
-    async fn get_part(&self, part: &PartInfo) -> Result<(Path, Bytes)> {
+    /// The bytes of one part of a committed version; a part missing from storage is
+    /// [`Error::MissingPart`].
+    pub async fn get_part(&self, part: &PartInfo) -> Result<(Path, Bytes)> {
         let path = Path::from(part.path.as_str());
         let bytes = self.get_object(&path).await.map_err(|e| match e {
             Error::NotFound(_) => Error::MissingPart(format!(
@@ -464,34 +433,6 @@ impl Storage {
             Err(e) => Err(Error::storage(format!("read {path}"), e)),
         }
     }
-}
-
-/// The batches of a part, decoded as they are pulled: an Arrow IPC file as it was written,
-/// a Parquet file with the dictionaries the writer recorded restored.
-fn part_batches(
-    path: Path,
-    bytes: Bytes,
-    batch_size: usize,
-) -> Result<Box<dyn Iterator<Item = Result<RecordBatch>> + Send + 'static>> {
-    if PartFormat::of_path(path.as_ref()) == PartFormat::ArrowIpc {
-        let reader = arrow::ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)
-            .map_err(|e| Error::data(format!("open Arrow part {path}"), e))?;
-        return Ok(Box::new(reader.map(move |b| {
-            b.map_err(|e| Error::data(format!("decode Arrow part {path}"), e))
-        })));
-    }
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .map_err(|e| Error::data(format!("open Parquet part {path}"), e))?;
-    let dictionaries =
-        crate::dictionary::recorded(builder.metadata().file_metadata().key_value_metadata())?;
-    let reader = builder
-        .with_batch_size(batch_size)
-        .build()
-        .map_err(|e| Error::data(format!("read Parquet part {path}"), e))?;
-    Ok(Box::new(reader.map(move |b| {
-        let b = b.map_err(|e| Error::data(format!("decode Parquet part {path}"), e))?;
-        crate::dictionary::restore(b, &dictionaries)
-    })))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //! * **(I3)** An unacknowledged upload is either complete or invisible.
 //! * **(I4)** A deleted version never comes back, through any path (renew, a cache, another
 //!   node).
-//! * **(I5)** Namespace isolation is the callers' part ([`crate::auth`]); this module only ever
+//! * **(I5)** Namespace isolation is the callers' part (the node's `auth` module); this module only ever
 //!   touches the dataset it is given.
 //!
 //! # How
@@ -728,7 +728,7 @@ mod tests {
             &id(),
             upload.upload_id(),
             0,
-            crate::encode::PartFormat::Parquet,
+            crate::manifest::PartFormat::Parquet,
         );
         v.storage()
             .put(&part, Bytes::from_static(b"p"))
@@ -974,7 +974,7 @@ mod tests {
             &id(),
             in_flight.upload_id(),
             0,
-            crate::encode::PartFormat::Parquet,
+            crate::manifest::PartFormat::Parquet,
         );
         v.storage()
             .put(&in_flight_part, Bytes::from_static(b"x"))
@@ -982,7 +982,7 @@ mod tests {
             .unwrap();
         // An abandoned upload.
         let abandoned =
-            Storage::part_path(&id(), "abandoned", 0, crate::encode::PartFormat::Parquet);
+            Storage::part_path(&id(), "abandoned", 0, crate::manifest::PartFormat::Parquet);
         v.storage()
             .put(&abandoned, Bytes::from_static(b"x"))
             .await

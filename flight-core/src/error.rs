@@ -209,12 +209,6 @@ impl From<arrow::error::ArrowError> for Error {
     }
 }
 
-impl From<parquet::errors::ParquetError> for Error {
-    fn from(e: parquet::errors::ParquetError) -> Self {
-        Error::data("process Parquet data", e)
-    }
-}
-
 impl From<arrow_flight::error::FlightError> for Error {
     fn from(e: arrow_flight::error::FlightError) -> Self {
         use arrow_flight::error::FlightError;

@@ -14,8 +14,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use crate::error::{Error, Result};
 use crate::manifest::PutResult;
 use crate::name::DatasetId;
-use crate::node::{DatasetRef, LoadRequest, PreloadRequest, PreloadResult};
-use crate::service::{CONTRACT_HEADER, TTL_HEADER};
+use crate::protocol::{DatasetRef, LoadRequest, PreloadRequest, PreloadResult};
+use crate::protocol::{CONTRACT_HEADER, TTL_HEADER};
 
 /// Client for one node (or a Service in front of several).
 #[derive(Debug)]

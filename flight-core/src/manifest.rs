@@ -15,10 +15,49 @@ use serde::{Deserialize, Serialize};
 
 use crate::consumers::Consumers;
 use crate::contract::type_to_string;
-use crate::encode::PartFormat;
 use crate::error::{Error, Result};
 use crate::name::DatasetId;
 use crate::ticket::{Ticket, TicketSigner};
+
+/// How a version's parts are stored.
+///
+/// Parquet is the default: compact, and readable by every data tool. It cannot hold every
+/// Arrow type exactly (unions, run-end encoding, intervals with days and nanoseconds,
+/// maps' field names, nested or unsigned-key dictionaries, view and list-view layouts,
+/// extension types' storage), so a version whose schema holds any type outside
+/// `flight_node::encode::parquet_holds` is stored as Arrow IPC files instead, which keep every type, name
+/// and metadata as uploaded. The choice is per version and recorded in its manifest; the
+/// part's file extension says it too (`.parquet` or `.arrow`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PartFormat {
+    #[default]
+    Parquet,
+    ArrowIpc,
+}
+
+impl PartFormat {
+    /// The file extension of a part in this format.
+    pub fn extension(self) -> &'static str {
+        match self {
+            PartFormat::Parquet => "parquet",
+            PartFormat::ArrowIpc => "arrow",
+        }
+    }
+
+    /// The format of a part file, from its name.
+    pub fn of_path(path: &str) -> Self {
+        if path.ends_with(".arrow") {
+            PartFormat::ArrowIpc
+        } else {
+            PartFormat::Parquet
+        }
+    }
+
+    pub fn is_parquet(&self) -> bool {
+        *self == PartFormat::Parquet
+    }
+}
 
 /// Identifies the manifest format; bumped on incompatible changes.
 pub const MANIFEST_FORMAT: &str = "arrow.trinity.io/manifest-v1";

@@ -1,0 +1,24 @@
+//! `flight-core`: what flight-node shares with its clients and the operator, without the
+//! server. Dataset identity ([`name`]), [`ticket`]s and their signing, [`ttl`]s, typed
+//! [`manifest`]s and the storage layout ([`storage`]), the version lifecycle and its
+//! invariants ([`versions`]), data [`contract`]s, [`consumers`], [`placement`] of parts on a
+//! pool, the action [`protocol`] and a node [`client`].
+//!
+//! Nothing here serves requests, encodes Parquet or parses CSV; the operator depends on this
+//! crate alone.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod consumers;
+pub mod contract;
+pub mod error;
+pub mod manifest;
+pub mod name;
+pub mod placement;
+pub mod protocol;
+pub mod storage;
+pub mod ticket;
+pub mod ttl;
+pub mod versions;
+
+pub use error::{Error, Result};
