@@ -349,6 +349,7 @@ pub fn context(
         datasets: store,
         nodes,
         clock: Arc::new(FixedClock(now)),
+        stores: Arc::default(),
     };
     (Arc::new(ctx), ApiServerVerifier(handle), writer)
 }

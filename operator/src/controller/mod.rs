@@ -5,7 +5,8 @@ pub mod dataset;
 pub mod node;
 pub mod pool;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -178,6 +179,11 @@ pub struct Context {
     pub nodes: Arc<dyn NodeApi>,
     /// Wall clock.
     pub clock: Arc<dyn Clock>,
+    /// Object stores opened per pool (`<namespace>/<name>`), with the settings they were
+    /// opened with: reused while the pool's storage settings and credentials stay the
+    /// same, so reconciles keep their connections; reopened when either changes. One entry per
+    /// pool the operator has seen.
+    pub stores: Arc<Mutex<HashMap<String, (StorageConfig, Storage)>>>,
 }
 
 impl Context {
@@ -198,6 +204,7 @@ impl Context {
             datasets,
             nodes,
             clock: Arc::new(SystemClock),
+            stores: Arc::default(),
         }
     }
 
@@ -280,11 +287,20 @@ impl Context {
             secret_access_key,
             allow_http: spec.allow_http,
         };
-        Storage::open(&config).map_err(|source| Error::Storage {
+        let key = format!("{namespace}/{}", pool.name_any());
+        let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((opened_with, storage)) = stores.get(&key) {
+            if *opened_with == config {
+                return Ok(storage.clone());
+            }
+        }
+        let storage = Storage::open(&config).map_err(|source| Error::Storage {
             action: "open the store".into(),
             url: spec.url.clone(),
             source,
-        })
+        })?;
+        stores.insert(key, (config, storage.clone()));
+        Ok(storage)
     }
 }
 

@@ -54,3 +54,20 @@ pub fn render_all() -> Result<Vec<(String, String)>, RenderError> {
         })
         .collect()
 }
+
+/// The condition types of both resources' `status.conditions`, as users and tools match
+/// on them.
+pub mod condition {
+    /// The spec is valid (both resources).
+    pub const VALID: &str = "Valid";
+    /// FlightPool: its nodes serve; ArrowDataset: its newest version is readable.
+    pub const READY: &str = "Ready";
+    /// FlightPool: the pool's object storage answers with the pool's settings.
+    pub const STORAGE_READY: &str = "StorageReady";
+    /// ArrowDataset: the declared source was ingested as a version.
+    pub const LOADED: &str = "Loaded";
+    /// ArrowDataset: the pool holds the newest version in memory.
+    pub const PRELOADED: &str = "Preloaded";
+    /// ArrowDataset: deleting its data from storage failed; the finalizer waits.
+    pub const CLEANUP_BLOCKED: &str = "CleanupBlocked";
+}

@@ -23,6 +23,7 @@ use kube::{Api, ResourceExt};
 use super::node::NodeTarget;
 use super::pool::build;
 use super::{apply_status, chrono_time, set_condition, Context, Error, NewCondition};
+use crate::crd::condition;
 use crate::crd::{ArrowDataset, ArrowDatasetStatus, ConsumersStatus, DatasetPhase, FlightPool};
 use crate::{gc, ttl};
 
@@ -90,7 +91,7 @@ async fn refuse(
     let generation = ds.metadata.generation;
     status.phase = refusal.phase;
     status.message = Some(refusal.message.clone());
-    for type_ in ["Valid", "Ready"] {
+    for type_ in [condition::VALID, condition::READY] {
         set_condition(
             &mut status.conditions,
             NewCondition {
@@ -290,7 +291,7 @@ async fn apply_dataset(
     set_condition(
         &mut status.conditions,
         NewCondition {
-            type_: "Valid",
+            type_: condition::VALID,
             status: true,
             reason: "Accepted",
             message: "the spec was accepted".into(),
@@ -357,7 +358,7 @@ async fn apply_dataset(
                     set_condition(
                         &mut status.conditions,
                         NewCondition {
-                            type_: "Loaded",
+                            type_: condition::LOADED,
                             status: true,
                             reason: "Loaded",
                             message: message.clone(),
@@ -376,7 +377,7 @@ async fn apply_dataset(
                     set_condition(
                         &mut status.conditions,
                         NewCondition {
-                            type_: "Loaded",
+                            type_: condition::LOADED,
                             status: false,
                             reason: "LoadFailed",
                             message: e.to_string(),
@@ -490,7 +491,7 @@ async fn expire(
     set_condition(
         &mut status.conditions,
         NewCondition {
-            type_: "Ready",
+            type_: condition::READY,
             status: false,
             reason: "Expired",
             message: message.clone(),
@@ -609,7 +610,7 @@ async fn blocked(
     set_condition(
         &mut status.conditions,
         NewCondition {
-            type_: "CleanupBlocked",
+            type_: condition::CLEANUP_BLOCKED,
             status: true,
             reason: "StorageUnavailable",
             message: message.clone(),

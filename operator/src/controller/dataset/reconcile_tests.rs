@@ -618,3 +618,25 @@ async fn live_versions(storage: &Storage) -> Vec<u64> {
         .map(|m| m.version)
         .collect()
 }
+
+#[tokio::test]
+async fn a_pool_object_store_is_opened_once_and_reopened_when_its_settings_change() {
+    let (ctx, api, _w) = context(t(10), Arc::new(FakeNodes::default()));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}", dir.path().display());
+    let first = ctx.storage_for(&pool(&url)).await.expect("opens");
+    let again = ctx.storage_for(&pool(&url)).await.expect("opens");
+    assert!(Arc::ptr_eq(&first.object_store(), &again.object_store()));
+    // Another URL (any change of settings or credentials) opens a new store.
+    let other = tempfile::tempdir().expect("tempdir");
+    let moved = pool(&format!("file://{}", other.path().display()));
+    let reopened = ctx.storage_for(&moved).await.expect("opens");
+    assert!(!Arc::ptr_eq(
+        &first.object_store(),
+        &reopened.object_store()
+    ));
+    assert_eq!(reopened.url(), moved.spec.storage.url);
+    // No Secret was read: the pool has no credentials.
+    drop(ctx);
+    api.done().await;
+}

@@ -6,6 +6,7 @@ use flight_core::protocol::PreloadResult;
 use flight_core::ticket::{Ticket, TicketSigner};
 
 use crate::controller::{clear_condition, set_condition, NewCondition};
+use crate::crd::condition;
 use crate::crd::{ArrowDatasetStatus, ConsumersStatus, DatasetPhase, Tier};
 use crate::gc::Plan;
 use crate::ttl;
@@ -47,7 +48,7 @@ pub fn fill(
     status.endpoint = Some(endpoint);
     status.expires_at = Some(ttl::format_instant(plan.expires_at));
     status.versions = Some(i64::try_from(plan.remaining).unwrap_or(i64::MAX));
-    clear_condition(&mut status.conditions, "CleanupBlocked");
+    clear_condition(&mut status.conditions, condition::CLEANUP_BLOCKED);
     match &plan.newest {
         None => {
             status.phase = DatasetPhase::Pending;
@@ -65,7 +66,7 @@ pub fn fill(
             set_condition(
                 &mut status.conditions,
                 NewCondition {
-                    type_: "Ready",
+                    type_: condition::READY,
                     status: false,
                     reason: "NoVersion",
                     message: "no version has been uploaded or loaded yet".into(),
@@ -100,7 +101,7 @@ pub fn fill(
             set_condition(
                 &mut status.conditions,
                 NewCondition {
-                    type_: "Ready",
+                    type_: condition::READY,
                     status: true,
                     reason: "VersionAvailable",
                     message: format!("version {} is readable", manifest.version),
@@ -154,7 +155,7 @@ pub fn fill(
         set_condition(
             &mut status.conditions,
             NewCondition {
-                type_: "Preloaded",
+                type_: condition::PRELOADED,
                 status: status_ok,
                 reason,
                 message,
@@ -163,7 +164,7 @@ pub fn fill(
             now,
         );
     } else {
-        clear_condition(&mut status.conditions, "Preloaded");
+        clear_condition(&mut status.conditions, condition::PRELOADED);
     }
 }
 

@@ -6,6 +6,7 @@ use kube::ResourceExt;
 
 use super::build;
 use crate::controller::{set_condition, NewCondition};
+use crate::crd::condition;
 use crate::crd::{FlightPool, FlightPoolStatus};
 
 /// Status of a pool whose objects were applied; `sts` is the StatefulSet as the API server
@@ -38,7 +39,7 @@ pub fn observed(
     set_condition(
         &mut status.conditions,
         NewCondition {
-            type_: "Valid",
+            type_: condition::VALID,
             status: true,
             reason: "Accepted",
             message: "the spec was accepted".into(),
@@ -57,7 +58,7 @@ pub fn observed(
     set_condition(
         &mut status.conditions,
         NewCondition {
-            type_: "StorageReady",
+            type_: condition::STORAGE_READY,
             status: usable,
             reason,
             message,
@@ -83,7 +84,7 @@ pub fn observed(
     set_condition(
         &mut status.conditions,
         NewCondition {
-            type_: "Ready",
+            type_: condition::READY,
             status: ok,
             reason,
             message,
@@ -100,7 +101,7 @@ pub fn storage_usable(pool: &FlightPool) -> Option<bool> {
         .as_ref()?
         .conditions
         .iter()
-        .find(|c| c.type_ == "StorageReady")
+        .find(|c| c.type_ == condition::STORAGE_READY)
         .map(|c| c.status == "True")
 }
 
@@ -116,7 +117,7 @@ pub fn invalid(
     let mut status = pool.status.clone().unwrap_or_default();
     status.datasets = datasets;
     status.observed_generation = generation;
-    for type_ in ["Valid", "Ready"] {
+    for type_ in [condition::VALID, condition::READY] {
         set_condition(
             &mut status.conditions,
             NewCondition {
