@@ -1,5 +1,5 @@
 //! `flight-core`: what flight-node shares with its clients and the operator, without the
-//! server. Dataset identity ([`name`]), [`ticket`]s and their signing, [`ttl`]s, typed
+//! server. The [`clock`], dataset identity ([`name`]), [`ticket`]s and their signing, [`ttl`]s, typed
 //! [`manifest`]s and the storage layout ([`storage`]), the version lifecycle and its
 //! invariants ([`versions`]), data [`contract`]s, [`consumers`], [`placement`] of parts on a
 //! pool, the action [`protocol`] and a node [`client`].
@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod clock;
 pub mod consumers;
 pub mod contract;
 pub mod error;

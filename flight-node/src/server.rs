@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
-use chrono::Utc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -55,11 +54,20 @@ impl RunningNode {
 
 /// Binds both ports and starts serving in background tasks.
 pub async fn start(config: Config) -> Result<RunningNode> {
+    start_with_clock(config, Arc::new(crate::clock::SystemClock)).await
+}
+
+/// [`start`] with another clock for expiry, leases and sweeps (tests set the time instead
+/// of sleeping).
+pub async fn start_with_clock(
+    config: Config,
+    clock: Arc<dyn crate::clock::Clock>,
+) -> Result<RunningNode> {
     let auth = Arc::new(match &config.token_file {
         Some(p) => Auth::from_file(p)?,
         None => Auth::disabled(),
     });
-    let node = Arc::new(Node::from_config(&config)?);
+    let node = Arc::new(Node::from_config(&config)?.with_clock(clock));
     if config.storage_check == "on" {
         node.storage().check(true).await?;
     }
@@ -228,7 +236,7 @@ async fn housekeeping(node: Arc<Node>, grace: Duration, rx: watch::Receiver<bool
                 }
             }
             _ = sweep.tick() => {
-                match node.versions().sweep(grace, Utc::now()).await {
+                match node.versions().sweep(grace, node.now()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(removed = n, "removed orphaned part files"),
                     Err(e) => tracing::warn!(error = %e, "orphan sweep failed"),

@@ -6,12 +6,14 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow_flight::{Action, FlightData};
 use bytes::Bytes;
 use common::*;
+use flight_node::clock::ManualClock;
 use futures::{StreamExt, TryStreamExt};
 use tonic::Code;
 
@@ -669,7 +671,8 @@ async fn oversized_messages_are_resource_exhausted() {
 
 #[tokio::test]
 async fn ttl_expiry_and_lease_renewal() {
-    let node = TestNode::start(|_| {}).await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let node = TestNode::start_with_clock(clock.clone(), |_| {}).await;
     let mut c = node.client().await;
     c.add_header("x-flight-ttl", "1s").unwrap();
     let short = put(&mut c, descriptor("ns", "short"), vec![batch(0, 10)])
@@ -698,7 +701,13 @@ async fn ttl_expiry_and_lease_renewal() {
         renewed["expiresAt"].as_str().unwrap().parse().unwrap();
     assert!(after > before + chrono::Duration::minutes(90));
 
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // One second on: `short` is still readable at exactly its expiry minus a nanosecond,
+    // and expired from its expiry instant on.
+    let expires: chrono::DateTime<chrono::Utc> =
+        short["expiresAt"].as_str().unwrap().parse().unwrap();
+    clock.set(expires - chrono::Duration::nanoseconds(1));
+    get(&mut c, &put_ticket(&short)).await.unwrap();
+    clock.set(expires);
     let err = get(&mut c, &put_ticket(&short)).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.message().contains("expired"), "{}", err.message());

@@ -24,6 +24,7 @@ use crate::crd::ArrowDataset;
 use crate::metrics::Metrics;
 
 /// A fixed instant.
+#[derive(Debug)]
 pub struct FixedClock(pub DateTime<Utc>);
 
 impl Clock for FixedClock {

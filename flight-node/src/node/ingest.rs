@@ -46,7 +46,7 @@ impl Node {
         .await;
         written?;
 
-        let created_at = Utc::now();
+        let created_at = self.now();
         let ttl = opts.ttl.or(self.limits.default_ttl);
         let expires_at = match ttl {
             Some(ttl) => Some(crate::ttl::expires_at(created_at, ttl).ok_or_else(|| {

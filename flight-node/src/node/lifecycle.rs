@@ -69,14 +69,14 @@ impl Node {
     /// Extends the lease of a version to `expires_at`; refused once it has expired.
     pub async fn renew(&self, ticket: &Ticket, expires_at: DateTime<Utc>) -> Result<Arc<Manifest>> {
         let current = self.resolve(ticket).await?;
-        if expires_at <= Utc::now() {
+        if expires_at <= self.now() {
             return Err(Error::invalid(
                 "the new expiration time must be in the future",
             ));
         }
         let (m, etag) = self
             .versions
-            .renew(&ticket.dataset, current.version, expires_at, Utc::now())
+            .renew(&ticket.dataset, current.version, expires_at, self.now())
             .await?;
         tracing::info!(dataset = %ticket.dataset, version = ticket.version, %expires_at, "renewed lease");
         Ok(self.remember((ticket.dataset.clone(), ticket.version), m, etag))
@@ -98,7 +98,7 @@ impl Node {
                 current.version,
                 consumer,
                 grace,
-                Utc::now(),
+                self.now(),
             )
             .await?;
         let key = (ticket.dataset.clone(), current.version);

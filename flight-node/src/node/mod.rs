@@ -26,6 +26,7 @@ use crate::budget::{Budgets, MemoryPermit};
 use crate::cache::{
     batch_size, Cache, CacheKey, CacheStats, EncodedPart, Message, PartKey, Reservation,
 };
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::consumers::Consumers;
 use crate::contract::{Contract, Contracts};
@@ -163,6 +164,8 @@ pub struct Node {
     /// Reads in flight per version (DoGet streams, exports): a version released by all its
     /// consumers is deleted only once none is left.
     reads: Arc<Mutex<HashMap<CacheKey, usize>>>,
+    /// The time for expiry, leases and sweeps.
+    clock: Arc<dyn Clock>,
 }
 
 /// A read in flight of one version; counted in `Node::reads` until dropped.
@@ -233,6 +236,7 @@ impl Node {
             )),
             loading: Mutex::new(HashMap::new()),
             reads: Arc::default(),
+            clock: Arc::new(SystemClock),
         }
     }
 
@@ -280,6 +284,17 @@ impl Node {
     pub fn with_budgets(mut self, budgets: Budgets) -> Self {
         self.budgets = Arc::new(budgets);
         self
+    }
+
+    /// Replaces the system clock (tests set the time instead of sleeping).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The current instant, from the node's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
     }
 
     pub fn budgets(&self) -> &Arc<Budgets> {

@@ -34,7 +34,7 @@ impl Node {
                 self.remember(key.clone(), m, etag)
             }
         };
-        if manifest.is_expired(Utc::now()) {
+        if manifest.is_expired(self.now()) {
             return Err(Error::not_found(format!(
                 "version {} of dataset {} expired at {}",
                 key.1,
@@ -58,7 +58,7 @@ impl Node {
 
     /// The newest unexpired version of a dataset.
     pub async fn latest(&self, id: &DatasetId) -> Result<Arc<Manifest>> {
-        let (m, etag) = self.versions.latest(id, Utc::now()).await?;
+        let (m, etag) = self.versions.latest(id, self.now()).await?;
         Ok(self.remember((id.clone(), m.version), m, etag))
     }
 

@@ -128,7 +128,7 @@ impl FlightNodeService {
                 let ticket = Ticket::decode(r.ticket.as_bytes(), self.node.signer())?;
                 principal.check(ticket.dataset.namespace())?;
                 let ttl = crate::ttl::parse_ttl(&r.ttl)?;
-                let until = crate::ttl::expires_at(Utc::now(), ttl)
+                let until = crate::ttl::expires_at(self.node.now(), ttl)
                     .ok_or_else(|| Error::invalid("the TTL is too long"))?;
                 let m = self.node.renew(&ticket, until).await?;
                 Ok(vec![to_json(&m.put_result(self.node.signer())?)?])
@@ -152,23 +152,24 @@ impl FlightNodeService {
                 let current = self.node.resolve(&ticket).await?;
                 // An explicit later expiration time sets it; the endpoint as GetFlightInfo
                 // returned it (or an earlier time) extends the lease by the version's TTL.
-                let until =
-                    match (wanted, current.expires_at, current.ttl_seconds) {
-                        (Some(w), Some(now), _) if w > now => w,
-                        (Some(w), None, _) => w,
-                        (_, Some(_), Some(ttl)) => {
-                            crate::ttl::expires_at(Utc::now(), std::time::Duration::from_secs(ttl))
-                                .ok_or_else(|| Error::invalid("the TTL is too long"))?
-                        }
-                        (None, None, _) => {
-                            // Never expires: nothing to renew.
-                            endpoint.expiration_time = None;
-                            return Ok(vec![Bytes::from(endpoint.encode_to_vec())]);
-                        }
-                        (_, Some(_), None) => return Err(Error::invalid(
+                let until = match (wanted, current.expires_at, current.ttl_seconds) {
+                    (Some(w), Some(now), _) if w > now => w,
+                    (Some(w), None, _) => w,
+                    (_, Some(_), Some(ttl)) => {
+                        crate::ttl::expires_at(self.node.now(), std::time::Duration::from_secs(ttl))
+                            .ok_or_else(|| Error::invalid("the TTL is too long"))?
+                    }
+                    (None, None, _) => {
+                        // Never expires: nothing to renew.
+                        endpoint.expiration_time = None;
+                        return Ok(vec![Bytes::from(endpoint.encode_to_vec())]);
+                    }
+                    (_, Some(_), None) => {
+                        return Err(Error::invalid(
                             "this version has no TTL to extend by; give a later expiration_time",
-                        )),
-                    };
+                        ))
+                    }
+                };
                 let m = self.node.renew(&ticket, until).await?;
                 endpoint.expiration_time = m.expires_at.map(timestamp);
                 Ok(vec![Bytes::from(endpoint.encode_to_vec())])

@@ -10,7 +10,8 @@ use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray}
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::{FlightClient, FlightDescriptor};
-use flight_node::server::{start, RunningNode};
+use flight_node::clock::Clock;
+use flight_node::server::{start, start_with_clock, RunningNode};
 use flight_node::Config;
 use futures::{StreamExt, TryStreamExt};
 use tempfile::TempDir;
@@ -29,6 +30,19 @@ impl TestNode {
         let mut config = Config::for_tests(&format!("file://{}", dir.path().display()));
         tweak(&mut config);
         let running = start(config.clone()).await.unwrap();
+        Self {
+            running: Some(running),
+            dir,
+            config,
+        }
+    }
+
+    /// [`TestNode::start`] with the node reading the time from `clock`.
+    pub async fn start_with_clock(clock: Arc<dyn Clock>, tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::for_tests(&format!("file://{}", dir.path().display()));
+        tweak(&mut config);
+        let running = start_with_clock(config.clone(), clock).await.unwrap();
         Self {
             running: Some(running),
             dir,

@@ -29,21 +29,8 @@ use pool::build::BuildConfig;
 /// The single field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "flight-operator";
 
-/// Wall clock, injected so TTL behaviour is testable at exact instants.
-pub trait Clock: Send + Sync {
-    /// The current instant.
-    fn now(&self) -> DateTime<Utc>;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-}
+/// Wall clock, injected so TTL behaviour is testable at exact instants (the node's own).
+pub use flight_core::clock::{Clock, SystemClock};
 
 /// Errors of a reconcile. Invalid specs are not errors (they become conditions); these are
 /// the transient failures that `error_policy` retries with backoff.
