@@ -15,8 +15,8 @@
 // The contracts shared with clients and the operator live in `flight-core`; they keep
 // their paths here.
 pub use flight_core::{
-    client, clock, consumers, contract, error, manifest, name, placement, protocol, storage,
-    ticket, ttl, versions,
+    client, clock, consumers, contract, error, manifest, name, placement, process, protocol,
+    storage, ticket, ttl, versions,
 };
 
 pub mod auth;

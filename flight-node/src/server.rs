@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::auth::Auth;
@@ -31,14 +31,14 @@ pub struct RunningNode {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub node: Arc<Node>,
-    shutdown: watch::Sender<bool>,
+    shutdown: CancellationToken,
     tasks: Vec<JoinHandle<Result<()>>>,
 }
 
 impl RunningNode {
     /// Stops accepting, lets in-flight calls finish, and waits for the servers to end.
     pub async fn shutdown(mut self) -> Result<()> {
-        let _ = self.shutdown.send(true);
+        self.shutdown.cancel();
         for t in self.tasks.drain(..) {
             t.await
                 .map_err(|e| Error::Internal(format!("server task failed: {e}")))??;
@@ -101,7 +101,7 @@ pub async fn start_with_clock(
     let http_addr = http
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;
-    let (shutdown, rx) = watch::channel(false);
+    let shutdown = CancellationToken::new();
 
     let max_message = usize::try_from(config.max_message_size).unwrap_or(usize::MAX);
     let flight = FlightNodeService::new(Arc::clone(&node), Arc::clone(&auth)).with_peers(peers);
@@ -135,11 +135,11 @@ pub async fn start_with_clock(
         })
     };
     let grpc_task = tokio::spawn({
-        let rx = rx.clone();
+        let stop = shutdown.clone();
         async move {
             builder
                 .add_service(service)
-                .serve_with_incoming_shutdown(incoming, wait(rx))
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                 .await
                 .map_err(|e| Error::Internal(format!("gRPC server failed: {e}")))
         }
@@ -149,9 +149,13 @@ pub async fn start_with_clock(
         http,
         app,
         config.http_header_timeout,
-        rx.clone(),
+        shutdown.clone(),
     ));
-    let housekeeping = tokio::spawn(housekeeping(Arc::clone(&node), config.orphan_grace, rx));
+    let housekeeping = tokio::spawn(housekeeping(
+        Arc::clone(&node),
+        config.orphan_grace,
+        shutdown.clone(),
+    ));
     tracing::info!(%grpc_addr, %http_addr, storage = node.storage().url(), "flight node serving");
     Ok(RunningNode {
         grpc_addr,
@@ -176,7 +180,7 @@ async fn serve_http(
     listener: TcpListener,
     app: axum::Router,
     header_timeout: Duration,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -185,11 +189,9 @@ async fn serve_http(
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let stopped = wait(stop);
-    tokio::pin!(stopped);
     loop {
         let socket = tokio::select! {
-            _ = &mut stopped => break,
+            _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((socket, _)) => socket,
                 Err(e) => {
@@ -213,23 +215,13 @@ async fn serve_http(
     Ok(())
 }
 
-async fn wait(mut rx: watch::Receiver<bool>) {
-    while !*rx.borrow() {
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 /// Background upkeep: re-read the peers file, sweep orphaned parts.
-async fn housekeeping(node: Arc<Node>, grace: Duration, rx: watch::Receiver<bool>) -> Result<()> {
+async fn housekeeping(node: Arc<Node>, grace: Duration, stop: CancellationToken) -> Result<()> {
     let mut peers = tokio::time::interval(PEERS_RELOAD);
     let mut sweep = tokio::time::interval(ORPHAN_SWEEP);
-    let stop = wait(rx);
-    tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = &mut stop => return Ok(()),
+            _ = stop.cancelled() => return Ok(()),
             _ = peers.tick() => {
                 if let Err(e) = node.placement().reload() {
                     tracing::warn!(error = %e, "failed to reload the peers file; keeping the previous peers");

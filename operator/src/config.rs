@@ -97,43 +97,6 @@ impl Args {
     }
 }
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let result = if format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-    if let Err(e) = result {
-        eprintln!("failed to set up logging: {e}");
-    }
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "failed to listen for SIGTERM; Ctrl-C only");
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = tokio::signal::ctrl_c() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 /// Selects ring as the process-wide rustls crypto provider.
 ///
 /// Both ring and aws-lc-rs are compiled in (kube's TLS and the Flight client's), so rustls
@@ -146,7 +109,7 @@ pub fn install_crypto_provider() {
 /// Parses flags, connects to the cluster (in-cluster or kubeconfig) and runs the operator.
 pub async fn parse_and_run() -> ExitCode {
     let args = Args::parse();
-    init_logging(&args.log_format);
+    flight_core::process::init_logging(&args.log_format, "info,kube=warn");
     install_crypto_provider();
     let client = match kube::Client::try_default().await {
         Ok(c) => c,
@@ -155,7 +118,13 @@ pub async fn parse_and_run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match crate::runtime::run(client, args.operator_config(), shutdown_signal()).await {
+    match crate::runtime::run(
+        client,
+        args.operator_config(),
+        flight_core::process::shutdown_signal(),
+    )
+    .await
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "operator stopped");

@@ -18,6 +18,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::controller::node::{FlightNodes, NodeApi};
 use crate::controller::{dataset, pool, Context, ControllerConfig};
@@ -86,25 +87,13 @@ where
     }
 }
 
-/// A future that resolves once `rx` reads `true` (or its sender is gone).
-async fn until_true(mut rx: watch::Receiver<bool>) {
-    loop {
-        if *rx.borrow_and_update() {
-            return;
-        }
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Runs both controllers and discovery until `stop` reads `true`.
+/// Runs both controllers and discovery until `stop` is cancelled.
 pub async fn run_controllers(
     client: Client,
     config: ControllerConfig,
     metrics: Arc<Metrics>,
     nodes: Arc<dyn NodeApi>,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
     datasets_out: Option<Arc<OnceLock<kube::runtime::reflector::Store<ArrowDataset>>>>,
 ) {
     let ns = config.namespace.clone();
@@ -144,7 +133,7 @@ pub async fn run_controllers(
     let pools = pool_controller.store();
 
     let pools_done = pool_controller
-        .graceful_shutdown_on(until_true(stop.clone()))
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(pool::reconcile, pool::error_policy, Arc::clone(&ctx))
         .for_each(|res| async move {
             if let Err(e) = res {
@@ -152,7 +141,7 @@ pub async fn run_controllers(
             }
         });
     let datasets_done = dataset_controller
-        .graceful_shutdown_on(until_true(stop.clone()))
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(dataset::reconcile, dataset::error_policy, Arc::clone(&ctx))
         .for_each(|res| async move {
             if let Err(e) = res {
@@ -163,7 +152,7 @@ pub async fn run_controllers(
         &ctx,
         pools,
         config.discovery_interval,
-        until_true(stop.clone()),
+        stop.clone().cancelled_owned(),
     );
     tracing::info!(namespace = ns.unwrap_or("<all>"), "controllers started");
     let all = async {
@@ -172,7 +161,7 @@ pub async fn run_controllers(
     // Reconciles in flight get a grace period once a stop is requested; after it they are
     // dropped (every reconcile is an idempotent apply, so the next leader redoes it).
     let deadline = async {
-        until_true(stop.clone()).await;
+        stop.clone().cancelled_owned().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::select! {
@@ -195,14 +184,13 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stop_tx = Arc::new(stop_tx);
+    let stop = CancellationToken::new();
     {
-        let stop_tx = Arc::clone(&stop_tx);
+        let stop = stop.clone();
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutdown requested");
-            let _ = stop_tx.send(true);
+            stop.cancel();
         });
     }
 
@@ -213,7 +201,7 @@ pub async fn run(
             datasets: Arc::clone(&datasets),
             ready: Arc::clone(&ready),
         };
-        tokio::spawn(http::serve(addr, state, until_true(stop_rx.clone())))
+        tokio::spawn(http::serve(addr, state, stop.clone().cancelled_owned()))
     });
 
     let mut leadership: Option<(watch::Receiver<bool>, tokio::task::JoinHandle<_>)> = None;
@@ -234,7 +222,6 @@ pub async fn run(
         let (mut is_leader, handle) = manager.watch().await;
         ready.store(true, Ordering::Release);
         tracing::info!(identity = %le.identity, lease = %le.lease_name, "waiting for leadership");
-        let mut stop = stop_rx.clone();
         loop {
             if *is_leader.borrow_and_update() {
                 break;
@@ -245,7 +232,7 @@ pub async fn run(
                         return Err(RunError::LeadershipLost);
                     }
                 }
-                _ = stop.changed() => {
+                _ = stop.cancelled() => {
                     drop(is_leader);
                     let _ = handle.await;
                     return Ok(());
@@ -261,9 +248,8 @@ pub async fn run(
     // Lose leadership → stop the controllers at once.
     let lost = Arc::new(AtomicBool::new(false));
     let leader_guard = leadership.map(|(mut is_leader, handle)| {
-        let stop_tx = Arc::clone(&stop_tx);
         let lost = Arc::clone(&lost);
-        let mut stop = stop_rx.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -271,11 +257,11 @@ pub async fn run(
                         if changed.is_err() || !*is_leader.borrow_and_update() {
                             tracing::error!("lost leadership");
                             lost.store(true, Ordering::Release);
-                            let _ = stop_tx.send(true);
+                            stop.cancel();
                             break;
                         }
                     }
-                    _ = stop.changed() => break,
+                    _ = stop.cancelled() => break,
                 }
             }
             // Closing the channel releases the Lease.
@@ -291,11 +277,11 @@ pub async fn run(
         config.controllers.clone(),
         Arc::clone(&metrics),
         Arc::new(FlightNodes::default()),
-        stop_rx.clone(),
+        stop.clone(),
         Some(datasets),
     )
     .await;
-    let _ = stop_tx.send(true);
+    stop.cancel();
     if let Some(guard) = leader_guard {
         let _ = guard.await;
     }

@@ -33,8 +33,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, Condition};
 use kube::{Client, Config, Resource};
 use serde::de::DeserializeOwned;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// Default time a test waits for the operator or the API server to get somewhere.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
@@ -304,7 +304,7 @@ where
 
 /// The operator's controllers running in this process against the control plane.
 pub struct Operator {
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
     task: JoinHandle<()>,
     /// The controllers' metrics (reconcile counts).
     pub metrics: Arc<Metrics>,
@@ -324,7 +324,7 @@ impl Operator {
     /// Starts `run_controllers` with the real Flight node client.
     pub fn start(client: Client, config: ControllerConfig) -> Self {
         init_tracing();
-        let (stop, stop_rx) = watch::channel(false);
+        let stop = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
         let task = tokio::spawn(flight_operator::runtime::run_controllers(
             client,
@@ -333,7 +333,7 @@ impl Operator {
             Arc::new(FlightNodes {
                 timeout: Duration::from_secs(2),
             }),
-            stop_rx,
+            stop.clone(),
             None,
         ));
         Self {
@@ -359,7 +359,7 @@ impl Operator {
 
     /// Stops the controllers and waits for them.
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
+        self.stop.cancel();
         match tokio::time::timeout(Duration::from_secs(30), self.task).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => panic!("operator task failed: {e}"),

@@ -11,21 +11,9 @@ use crate::crd::{ArrowDatasetStatus, ConsumersStatus, DatasetPhase, Tier};
 use crate::gc::Plan;
 use crate::ttl;
 
-/// Formats a byte count for humans (`512 B`, `12.5 MiB`).
+/// Formats a byte count for humans (`512 B`, `12.5 MiB`), in binary units.
 pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    // Precision loss is irrelevant for a display value.
-    #[allow(clippy::cast_precision_loss)]
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
+    bytesize::ByteSize(bytes).display().iec().to_string()
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -178,6 +166,6 @@ mod tests {
         assert_eq!(human_bytes(1023), "1023 B");
         assert_eq!(human_bytes(1024), "1.0 KiB");
         assert_eq!(human_bytes(13_107_200), "12.5 MiB");
-        assert_eq!(human_bytes(u64::MAX), "16384.0 PiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
     }
 }
