@@ -182,6 +182,11 @@ pub struct Config {
     #[arg(long, env = "FLIGHT_RELEASE_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub release_grace: Duration,
 
+    /// Once both ports are bound, write them here as JSON (`{"grpc": 8815, "http": 8816}`),
+    /// so that whoever started the node with port 0 learns the ports it got.
+    #[arg(long, env = "FLIGHT_PORTS_FILE")]
+    pub ports_file: Option<PathBuf>,
+
     /// Log format: text or json.
     #[arg(long, env = "FLIGHT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -216,9 +221,22 @@ impl Config {
         Ok(self.memory_limit - request)
     }
 
-    /// Defaults for tests: loopback on ephemeral ports, the given storage URL.
+    /// Parses flags only, ignoring the environment.
+    pub fn parse_without_env<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Self::command().mut_args(|a| a.env(None::<&'static str>));
+        Self::from_arg_matches(&command.try_get_matches_from(args)?)
+    }
+
+    /// Defaults for tests: loopback on ephemeral ports, the given storage URL. Hermetic:
+    /// the `FLIGHT_*` environment of whoever runs the tests is not read.
     pub fn for_tests(storage_url: &str) -> Self {
-        let mut c = Self::parse_from(["flight-node"]);
+        let mut c = Self::parse_without_env(["flight-node"])
+            .unwrap_or_else(|e| panic!("the defaults parse: {e}"));
         c.listen = ([127, 0, 0, 1], 0).into();
         c.http_listen = ([127, 0, 0, 1], 0).into();
         c.storage_url = storage_url.to_string();
@@ -243,8 +261,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn test_configs_ignore_the_environment() {
+        // A variable no other test sets; read by the flag unless for_tests is hermetic.
+        std::env::set_var("FLIGHT_TICKET_KEY_FILE", "/nonexistent/key");
+        let c = Config::for_tests("memory://");
+        assert_eq!(c.ticket_key_file, None);
+        let parsed = Config::parse_from(["flight-node"]);
+        std::env::remove_var("FLIGHT_TICKET_KEY_FILE");
+        assert_eq!(
+            parsed.ticket_key_file.as_deref(),
+            Some(std::path::Path::new("/nonexistent/key"))
+        );
+    }
+
+    #[test]
     fn no_arguments_is_the_embedded_default() {
-        let c = Config::try_parse_from(["flight-node"]).unwrap();
+        let c = Config::parse_without_env(["flight-node"]).unwrap();
         assert_eq!(c.listen.to_string(), "0.0.0.0:8815");
         assert_eq!(c.http_listen.to_string(), "0.0.0.0:8816");
         assert_eq!(c.storage_url, "file://./data");

@@ -101,6 +101,9 @@ pub async fn start_with_clock(
     let http_addr = http
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;
+    if let Some(path) = &config.ports_file {
+        write_ports(path, grpc_addr, http_addr)?;
+    }
     let shutdown = CancellationToken::new();
 
     let max_message = usize::try_from(config.max_message_size).unwrap_or(usize::MAX);
@@ -164,6 +167,21 @@ pub async fn start_with_clock(
         shutdown,
         tasks: vec![grpc_task, http_task, housekeeping],
     })
+}
+
+/// Writes the bound ports for whoever started the node (written aside, then renamed, so a
+/// reader never sees half a file).
+fn write_ports(path: &std::path::Path, grpc: SocketAddr, http: SocketAddr) -> Result<()> {
+    let body = serde_json::json!({ "grpc": grpc.port(), "http": http.port() }).to_string();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            Error::Config(format!(
+                "failed to write the ports file {}: {e}",
+                path.display()
+            ))
+        })
 }
 
 /// Runs a node until `signal` resolves.

@@ -84,11 +84,16 @@ class Node:
 
     def start(self) -> "Node":
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        self.grpc_port, self.http_port = self.fixed_ports or (free_port(), free_port())
+        # The node binds port 0 itself and reports the ports it got (no window in which
+        # another process could take a port chosen here), unless the test names them.
+        grpc_port, http_port = self.fixed_ports or (0, 0)
+        ports_file = self.log_path.with_suffix(".ports.json")
+        ports_file.unlink(missing_ok=True)
         cmd = [
             str(node_binary()),
-            "--listen", f"127.0.0.1:{self.grpc_port}",
-            "--http-listen", f"127.0.0.1:{self.http_port}",
+            "--listen", f"127.0.0.1:{grpc_port}",
+            "--http-listen", f"127.0.0.1:{http_port}",
+            "--ports-file", str(ports_file),
             "--storage-url", self.storage_url,
             *self.args,
         ]
@@ -100,6 +105,11 @@ class Node:
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"flight-node exited with {self.proc.returncode} at start:\n{self.log_tail()}")
+            if not ports_file.exists():
+                time.sleep(0.02)
+                continue
+            ports = json.loads(ports_file.read_text())
+            self.grpc_port, self.http_port = ports["grpc"], ports["http"]
             try:
                 status, _, _ = http_request(f"{self.http}/readyz", timeout=1.0)
                 if status == 200:

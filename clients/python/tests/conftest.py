@@ -6,8 +6,8 @@ build it with ``cargo build -p flight-node``).
 
 from __future__ import annotations
 
+import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -47,21 +47,16 @@ def node_binary() -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class FlightNode:
-    """One flight-node process. ``stop()``/``start()`` keep the ports and the storage."""
+    """One flight-node process. The first ``start()`` lets the node bind free ports and
+    report them; ``stop()``/``start()`` keep the ports and the storage."""
 
     def __init__(self, workdir: Path, extra_args: Optional[List[str]] = None) -> None:
         self.workdir = workdir
         self.storage = workdir / "data"
         self.storage.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.http_port = free_port()
+        self.port = 0
+        self.http_port = 0
         self.extra_args = list(extra_args or [])
         self.proc: Optional[subprocess.Popen] = None
         self.log_path = workdir / "node.log"
@@ -71,10 +66,13 @@ class FlightNode:
         return f"grpc://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> "FlightNode":
+        ports_file = self.workdir / "ports.json"
+        ports_file.unlink(missing_ok=True)
         args = [
             str(node_binary()),
             "--listen", f"127.0.0.1:{self.port}",
             "--http-listen", f"127.0.0.1:{self.http_port}",
+            "--ports-file", str(ports_file),
             "--storage-url", self.storage.as_uri(),
             *self.extra_args,
         ]
@@ -83,10 +81,15 @@ class FlightNode:
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         deadline = time.monotonic() + timeout
-        url = f"http://127.0.0.1:{self.http_port}/readyz"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"flight-node exited early:\n{self.log_path.read_text()[-4000:]}")
+            if not ports_file.exists():
+                time.sleep(0.02)
+                continue
+            ports = json.loads(ports_file.read_text())
+            self.port, self.http_port = ports["grpc"], ports["http"]
+            url = f"http://127.0.0.1:{self.http_port}/readyz"
             try:
                 with urllib.request.urlopen(url, timeout=1) as r:
                     if r.status == 200:

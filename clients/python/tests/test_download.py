@@ -158,6 +158,10 @@ def test_pool_owner_location_first_then_fallback(tmp_path, node_class) -> None:
     for n in (a, b):
         n.storage = shared
         shared.mkdir(exist_ok=True)
+    # Each node binds its ports once (the peers file names them), then runs with the peers.
+    for n in (a, b):
+        n.start()
+        n.stop()
     peers.write_text(f"peers: [{a.uri}, {b.uri}]\n")
     for n in (a, b):
         n.extra_args = ["--part-size", "1MiB", "--advertise-uri", n.uri, "--peers-file", str(peers)]

@@ -29,7 +29,9 @@ impl TestNode {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::for_tests(&format!("file://{}", dir.path().display()));
         tweak(&mut config);
-        let running = start(config.clone()).await.unwrap();
+        let running = within("start the node", start(config.clone()))
+            .await
+            .unwrap();
         Self {
             running: Some(running),
             dir,
@@ -42,7 +44,9 @@ impl TestNode {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::for_tests(&format!("file://{}", dir.path().display()));
         tweak(&mut config);
-        let running = start_with_clock(config.clone(), clock).await.unwrap();
+        let running = within("start the node", start_with_clock(config.clone(), clock))
+            .await
+            .unwrap();
         Self {
             running: Some(running),
             dir,
@@ -56,7 +60,9 @@ impl TestNode {
 
     pub async fn client(&self) -> FlightClient {
         let uri = format!("http://{}", self.running().grpc_addr);
-        let channel = Channel::from_shared(uri).unwrap().connect().await.unwrap();
+        let channel = within("connect", Channel::from_shared(uri).unwrap().connect())
+            .await
+            .unwrap();
         FlightClient::new(channel)
     }
 
@@ -69,9 +75,19 @@ impl TestNode {
 
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
-            r.shutdown().await.unwrap();
+            within("stop the node", r.shutdown()).await.unwrap();
         }
     }
+}
+
+/// How long a test waits for a node to start, connect or stop before it fails.
+pub const TEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Awaits `f`, failing the test (naming `what`) if it takes longer than [`TEST_TIMEOUT`].
+pub async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(TEST_TIMEOUT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {TEST_TIMEOUT:?}: {what}"))
 }
 
 pub fn schema() -> SchemaRef {
