@@ -3,11 +3,11 @@
 //! objects from storage (and evicts caches) when the resource goes.
 
 pub mod status;
+pub mod validate;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use flight_core::consumers::ConsumersSpec;
 use flight_core::name::DatasetId;
 use flight_core::protocol::LoadRequest;
 use flight_core::storage::Storage;
@@ -26,6 +26,7 @@ use super::{apply_status, chrono_time, set_condition, Context, Error, NewConditi
 use crate::crd::condition;
 use crate::crd::{ArrowDataset, ArrowDatasetStatus, ConsumersStatus, DatasetPhase, FlightPool};
 use crate::{gc, ttl};
+use validate::Refusal;
 
 /// Controller label in metrics and logs.
 pub const CONTROLLER: &str = "dataset";
@@ -72,20 +73,12 @@ async fn write_status(
     apply_status(api, ds, status).await
 }
 
-/// A refusal: phase, `Valid=False` and `Ready=False` with a reason, one Event per change.
-struct Refusal<'a> {
-    phase: DatasetPhase,
-    reason: &'a str,
-    message: String,
-    then: Action,
-}
-
 async fn refuse(
     ctx: &Context,
     api: &Api<ArrowDataset>,
     ds: &ArrowDataset,
     mut status: ArrowDatasetStatus,
-    refusal: Refusal<'_>,
+    refusal: Refusal,
 ) -> Result<Action, Error> {
     let now = ctx.clock.now();
     let generation = ds.metadata.generation;
@@ -176,6 +169,9 @@ fn storage_error(
     }
 }
 
+/// One pass over a live dataset, in the pool controller's order: validate (on its own,
+/// then against its pool) → plan (versions and expiry) → apply (load a declared source,
+/// delete expired versions, preload) → status.
 async fn apply_dataset(
     ds: &ArrowDataset,
     ctx: &Context,
@@ -188,66 +184,12 @@ async fn apply_dataset(
     let mut status = ds.status.clone().unwrap_or_default();
     status.observed_generation = generation;
 
-    // Validate what needs no API call.
-    let id = match DatasetId::new(namespace.as_str(), name.as_str()) {
-        Ok(id) => id,
-        Err(e) => {
-            let refusal = Refusal {
-                phase: DatasetPhase::Failed,
-                reason: "InvalidName",
-                message: format!("the dataset name is not usable: {e}"),
-                then: Action::await_change(),
-            };
-            return refuse(ctx, api, ds, status, refusal).await;
-        }
+    // Validate.
+    let checked = match validate::check(ds, &namespace, &name) {
+        Ok(checked) => checked,
+        Err(refusal) => return refuse(ctx, api, ds, status, refusal).await,
     };
-    if let Some(source) = &ds.spec.source {
-        if source.effective_format().is_none() {
-            let refusal = Refusal {
-                phase: DatasetPhase::Failed,
-                reason: "InvalidSource",
-                message: format!(
-                    "cannot tell the format of {}; set source.format to csv or parquet",
-                    source.url
-                ),
-                then: Action::await_change(),
-            };
-            return refuse(ctx, api, ds, status, refusal).await;
-        }
-    }
-
-    let consumers_problem = match (&ds.spec.consumers, ds.spec.consumer_count) {
-        (Some(_), Some(_)) => {
-            Some("set spec.consumers or spec.consumerCount, not both".to_string())
-        }
-        (Some(names), None) => flight_core::consumers::Consumers::named(names.clone())
-            .err()
-            .map(|e| format!("spec.consumers: {e}")),
-        (None, Some(n)) => flight_core::consumers::Consumers::counted(n)
-            .err()
-            .map(|e| format!("spec.consumerCount: {e}")),
-        (None, None) => None,
-    };
-    if let Some(message) = consumers_problem {
-        let refusal = Refusal {
-            phase: DatasetPhase::Failed,
-            reason: "InvalidConsumers",
-            message,
-            then: Action::await_change(),
-        };
-        return refuse(ctx, api, ds, status, refusal).await;
-    }
-
-    // Dereference the pool.
-    let pools: Api<FlightPool> = Api::namespaced(ctx.client.clone(), &namespace);
-    let pool = pools
-        .get_opt(&ds.spec.pool)
-        .await
-        .map_err(|source| Error::Read {
-            what: format!("FlightPool {namespace}/{}", ds.spec.pool),
-            source,
-        })?;
-    let Some(pool) = pool else {
+    let Some(pool) = get_pool(ctx, &namespace, &ds.spec.pool).await? else {
         let refusal = Refusal {
             phase: DatasetPhase::Pending,
             reason: "PoolNotFound",
@@ -259,35 +201,10 @@ async fn apply_dataset(
         };
         return refuse(ctx, api, ds, status, refusal).await;
     };
-    let ttl_text = ds
-        .spec
-        .ttl
-        .clone()
-        .unwrap_or_else(|| pool.spec.default_ttl.clone());
-    let ttl = match ttl::parse_ttl(&ttl_text) {
-        Ok(ttl) => ttl,
-        Err(e) => {
-            let refusal = Refusal {
-                phase: DatasetPhase::Failed,
-                reason: "InvalidTtl",
-                message: e.to_string(),
-                then: Action::await_change(),
-            };
-            return refuse(ctx, api, ds, status, refusal).await;
-        }
+    let resolved = match validate::against_pool(ds, &pool, ctx.config.retry_after) {
+        Ok(resolved) => resolved,
+        Err(refusal) => return refuse(ctx, api, ds, status, refusal).await,
     };
-    if let Some(contract) = &ds.spec.contract {
-        if !pool.spec.contracts.contains_key(contract) {
-            let refusal = Refusal {
-                phase: DatasetPhase::Failed,
-                reason: "ContractNotFound",
-                message: format!("FlightPool {:?} has no contract {contract:?}", ds.spec.pool),
-                // The pool may gain the contract; look again later.
-                then: Action::requeue(ctx.config.retry_after),
-            };
-            return refuse(ctx, api, ds, status, refusal).await;
-        }
-    }
     set_condition(
         &mut status.conditions,
         NewCondition {
@@ -300,6 +217,7 @@ async fn apply_dataset(
         now,
     );
 
+    // Plan: expiry first, an expired resource is deleted, not loaded.
     let created = ds
         .metadata
         .creation_timestamp
@@ -307,21 +225,18 @@ async fn apply_dataset(
         .and_then(chrono_time)
         .unwrap_or(now);
     let storage = ctx.storage_for(&pool).await?;
-    let mut manifests = Versions::new(storage.clone())
-        .live(&id)
-        .await
-        .map_err(storage_error(&storage, format!("list versions of {id}")))?;
-
-    // Expiry first: an expired resource is deleted, not loaded.
-    let mut plan = match gc::plan(&manifests, ttl, created, now) {
+    let id = &checked.id;
+    let plan_now = || async {
+        let manifests = Versions::new(storage.clone())
+            .live(id)
+            .await
+            .map_err(storage_error(&storage, format!("list versions of {id}")))?;
+        Ok::<_, Error>(gc::plan(&manifests, resolved.ttl, created, now))
+    };
+    let mut plan = match plan_now().await? {
         Ok(plan) => plan,
         Err(e) => {
-            let refusal = Refusal {
-                phase: DatasetPhase::Failed,
-                reason: "InvalidTtl",
-                message: e.to_string(),
-                then: Action::await_change(),
-            };
+            let refusal = Refusal::invalid("InvalidTtl", e.to_string());
             return refuse(ctx, api, ds, status, refusal).await;
         }
     };
@@ -329,102 +244,36 @@ async fn apply_dataset(
         return expire(ctx, api, ds, status, &plan).await;
     }
 
-    // A declarative source is loaded once (per source), by the owner node.
+    // Apply: a declarative source is loaded once (per source), by the owner node.
     if let Some(source) = &ds.spec.source {
         let fingerprint = source.fingerprint(ds.spec.contract.as_deref());
         if status.loaded_source.as_deref() != Some(fingerprint.as_str()) {
-            status.phase = DatasetPhase::Loading;
-            status.message = Some(format!("loading {}", source.url));
-            write_status(api, ds, &status).await?;
-            let target = owner_target(ctx, &pool, &id).await?;
             let req = LoadRequest {
                 namespace: namespace.clone(),
                 name: name.clone(),
                 source: source.url.clone(),
                 format: source.effective_format().map(|f| f.as_str().to_owned()),
-                ttl: Some(ttl_text.clone()),
+                ttl: Some(resolved.ttl_text.clone()),
                 contract: ds.spec.contract.clone(),
                 delimiter: source.delimiter.as_ref().and_then(|d| d.chars().next()),
-                consumers: match (&ds.spec.consumers, ds.spec.consumer_count) {
-                    (Some(names), _) => Some(ConsumersSpec::Names(names.clone())),
-                    (None, Some(n)) => Some(ConsumersSpec::Count(n)),
-                    (None, None) => None,
-                },
+                consumers: checked.consumers.clone(),
             };
-            match ctx.nodes.load(target, req).await {
-                Ok(put) => {
-                    status.loaded_source = Some(fingerprint);
-                    let message = format!("loaded version {} from {}", put.version, source.url);
-                    set_condition(
-                        &mut status.conditions,
-                        NewCondition {
-                            type_: condition::LOADED,
-                            status: true,
-                            reason: "Loaded",
-                            message: message.clone(),
-                        },
-                        generation,
-                        now,
-                    );
-                    ctx.event(ds, EventType::Normal, "Loaded", message).await;
-                    manifests = Versions::new(storage.clone())
-                        .live(&id)
-                        .await
-                        .map_err(storage_error(&storage, format!("list versions of {id}")))?;
-                    plan = gc::plan(&manifests, ttl, created, now)?;
-                }
-                Err(e) => {
-                    set_condition(
-                        &mut status.conditions,
-                        NewCondition {
-                            type_: condition::LOADED,
-                            status: false,
-                            reason: "LoadFailed",
-                            message: e.to_string(),
-                        },
-                        generation,
-                        now,
-                    );
-                    // Still expire on time even if the source never loads.
-                    let retry = if e.permanent {
-                        ttl::requeue_after(plan.next_expiry, now)
-                    } else {
-                        ctx.config
-                            .retry_after
-                            .min(ttl::requeue_after(plan.next_expiry, now))
-                    };
-                    let refusal = Refusal {
-                        phase: DatasetPhase::Failed,
-                        reason: "LoadFailed",
-                        message: e.to_string(),
-                        then: Action::requeue(retry.max(Duration::from_secs(1))),
-                    };
-                    return refuse(ctx, api, ds, status, refusal).await;
-                }
+            status.phase = DatasetPhase::Loading;
+            status.message = Some(format!("loading {}", source.url));
+            write_status(api, ds, &status).await?;
+            if let Err(refusal) = load_source(ctx, ds, &pool, id, &mut status, req, &plan).await? {
+                return refuse(ctx, api, ds, status, refusal).await;
             }
+            status.loaded_source = Some(fingerprint);
+            plan = plan_now().await??;
         }
     }
-
-    // Older versions go as they expire.
-    for version in &plan.expired_versions {
-        Versions::new(storage.clone())
-            .delete_version(&id, *version)
-            .await
-            .map_err(storage_error(
-                &storage,
-                format!("delete version {version} of {id}"),
-            ))?;
-        ctx.metrics.gc_deleted("version", 1);
-        tracing::info!(version, "deleted expired version");
-    }
-
-    let signer = ticket_signer(ctx, &pool).await?;
-    let endpoint = build::endpoint(&pool.name_any(), &namespace, &pool.spec);
+    delete_expired_versions(ctx, &storage, id, &plan.expired_versions).await?;
     // `preload`: ask the pool to hold the newest version in memory (the node asked loads
     // its parts and asks each other part's owner for theirs).
     let preload = match (&plan.newest, ds.spec.preload) {
         (Some((manifest, _)), true) => {
-            let target = owner_target(ctx, &pool, &id).await?;
+            let target = owner_target(ctx, &pool, id).await?;
             Some(
                 ctx.nodes
                     .preload(target, id.clone(), manifest.version)
@@ -434,6 +283,10 @@ async fn apply_dataset(
         }
         _ => None,
     };
+
+    // Status.
+    let signer = ticket_signer(ctx, &pool).await?;
+    let endpoint = build::endpoint(&pool.name_any(), &namespace, &pool.spec);
     let released_before = status
         .consumers
         .as_ref()
@@ -441,7 +294,7 @@ async fn apply_dataset(
     status::fill(
         &mut status,
         &plan,
-        &id,
+        id,
         signer.as_ref(),
         endpoint,
         preload,
@@ -449,22 +302,8 @@ async fn apply_dataset(
         now,
     );
     write_status(api, ds, &status).await?;
-    if let (Some(c), Some(version)) = (&status.consumers, status.version) {
-        if c.all_released() && !released_before {
-            let who = if c.released.is_empty() {
-                format!("{} consumers", c.count)
-            } else {
-                c.released.join(", ")
-            };
-            let message = format!(
-                "version {version} was released by every consumer ({who}); it is deleted at {}",
-                status
-                    .expires_at
-                    .as_deref()
-                    .unwrap_or("the end of the release grace")
-            );
-            ctx.event(ds, EventType::Normal, "Released", message).await;
-        }
+    if !released_before {
+        announce_release(ctx, ds, &status).await;
     }
     let mut after = ttl::requeue_after(plan.next_expiry, now).max(Duration::from_secs(1));
     if status.consumers.as_ref().is_some_and(|c| !c.all_released()) {
@@ -472,6 +311,122 @@ async fn apply_dataset(
         after = after.min(ctx.config.retry_after.max(Duration::from_secs(1)));
     }
     Ok(Action::requeue(after))
+}
+
+/// The dataset's pool, if it exists.
+async fn get_pool(ctx: &Context, namespace: &str, pool: &str) -> Result<Option<FlightPool>, Error> {
+    let pools: Api<FlightPool> = Api::namespaced(ctx.client.clone(), namespace);
+    pools.get_opt(pool).await.map_err(|source| Error::Read {
+        what: format!("FlightPool {namespace}/{pool}"),
+        source,
+    })
+}
+
+/// Asks the owner node to ingest the declared source. `Ok(Err(refusal))` when the load
+/// failed: the `Loaded` condition says why, and the refusal retries (or waits, for a
+/// permanent failure) no later than the next expiry.
+async fn load_source(
+    ctx: &Context,
+    ds: &ArrowDataset,
+    pool: &FlightPool,
+    id: &DatasetId,
+    status: &mut ArrowDatasetStatus,
+    req: LoadRequest,
+    plan: &gc::Plan,
+) -> Result<Result<(), Refusal>, Error> {
+    let now = ctx.clock.now();
+    let generation = ds.metadata.generation;
+    let source = req.source.clone();
+    let target = owner_target(ctx, pool, id).await?;
+    match ctx.nodes.load(target, req).await {
+        Ok(put) => {
+            let message = format!("loaded version {} from {source}", put.version);
+            set_condition(
+                &mut status.conditions,
+                NewCondition {
+                    type_: condition::LOADED,
+                    status: true,
+                    reason: "Loaded",
+                    message: message.clone(),
+                },
+                generation,
+                now,
+            );
+            ctx.event(ds, EventType::Normal, "Loaded", message).await;
+            Ok(Ok(()))
+        }
+        Err(e) => {
+            set_condition(
+                &mut status.conditions,
+                NewCondition {
+                    type_: condition::LOADED,
+                    status: false,
+                    reason: "LoadFailed",
+                    message: e.to_string(),
+                },
+                generation,
+                now,
+            );
+            // Still expire on time even if the source never loads.
+            let retry = if e.permanent {
+                ttl::requeue_after(plan.next_expiry, now)
+            } else {
+                ctx.config
+                    .retry_after
+                    .min(ttl::requeue_after(plan.next_expiry, now))
+            };
+            Ok(Err(Refusal {
+                phase: DatasetPhase::Failed,
+                reason: "LoadFailed",
+                message: e.to_string(),
+                then: Action::requeue(retry.max(Duration::from_secs(1))),
+            }))
+        }
+    }
+}
+
+/// Older versions go as they expire.
+async fn delete_expired_versions(
+    ctx: &Context,
+    storage: &Storage,
+    id: &DatasetId,
+    versions: &[u64],
+) -> Result<(), Error> {
+    for version in versions {
+        Versions::new(storage.clone())
+            .delete_version(id, *version)
+            .await
+            .map_err(storage_error(
+                storage,
+                format!("delete version {version} of {id}"),
+            ))?;
+        ctx.metrics.gc_deleted("version", 1);
+        tracing::info!(version, "deleted expired version");
+    }
+    Ok(())
+}
+
+/// An Event once every consumer of the newest version has released it.
+async fn announce_release(ctx: &Context, ds: &ArrowDataset, status: &ArrowDatasetStatus) {
+    let (Some(c), Some(version)) = (&status.consumers, status.version) else {
+        return;
+    };
+    if !c.all_released() {
+        return;
+    }
+    let who = if c.released.is_empty() {
+        format!("{} consumers", c.count)
+    } else {
+        c.released.join(", ")
+    };
+    let message = format!(
+        "version {version} was released by every consumer ({who}); it is deleted at {}",
+        status
+            .expires_at
+            .as_deref()
+            .unwrap_or("the end of the release grace")
+    );
+    ctx.event(ds, EventType::Normal, "Released", message).await;
 }
 
 /// The newest version (or the empty resource) expired: say so, then delete the resource;
