@@ -40,12 +40,14 @@ struct AppState {
 
 /// The HTTP router.
 pub fn router(node: Arc<Node>, auth: Arc<Auth>) -> Router {
+    let counted = crate::request_metrics::RequestMetricsLayer::http(Arc::clone(&node));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/datasets/{namespace}/{name}", get(export).post(upload))
         .with_state(AppState { node, auth })
+        .layer(counted)
 }
 
 struct HttpError(Error);
@@ -170,14 +172,7 @@ async fn upload(
             ))
         },
     );
-    let result = s.node.put_csv(id, opts, delimiter as u8, stream).await;
-    s.node.metrics().record_request(
-        "HttpUpload",
-        result
-            .as_ref()
-            .map_or_else(Error::code, |_| tonic::Code::Ok),
-    );
-    let manifest = result?;
+    let manifest = s.node.put_csv(id, opts, delimiter as u8, stream).await?;
     let put = manifest.put_result(s.node.signer())?;
     Ok((StatusCode::CREATED, Json(put)).into_response())
 }

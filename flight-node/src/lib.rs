@@ -34,6 +34,7 @@ pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod parts;
+pub mod request_metrics;
 pub mod server;
 pub mod service;
 pub mod wire;

@@ -121,6 +121,9 @@ pub async fn start_with_clock(
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .layer(crate::conn::TrackLayer)
+        .layer(crate::request_metrics::RequestMetricsLayer::grpc(
+            Arc::clone(&node),
+        ))
         .layer(crate::cancel::layer());
     if let Some(tls) = tls {
         builder = builder

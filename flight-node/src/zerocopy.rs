@@ -88,12 +88,6 @@ async fn do_get(
         service.do_get_stream(&metadata, &ticket).await
     }
     .await;
-    service.record(
-        "DoGet",
-        result
-            .as_ref()
-            .map_or_else(Error::code, |_| tonic::Code::Ok),
-    );
     match result {
         Ok(stream) => {
             let mut resp =

@@ -1116,3 +1116,46 @@ async fn do_put_answers_its_headers_before_the_upload_is_read() {
     );
     node.stop().await;
 }
+
+/// Every call is counted once with the code its client saw: Flight calls from their
+/// `grpc-status` (a DoGet when its stream ends), HTTP dataset requests from their status.
+#[tokio::test]
+async fn requests_are_counted_once_by_method_and_code() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = TestNode::start(|_| {}).await;
+    let mut c = node.client().await;
+    let put = put(&mut c, descriptor("ns", "counted"), vec![batch(0, 100)])
+        .await
+        .unwrap();
+    get(&mut c, &put_ticket(&put)).await.unwrap();
+    get(&mut c, &put_ticket(&put)).await.unwrap();
+    let elsewhere = put_ticket(&put).replace("/counted@", "/nothing@");
+    let missing = get(&mut c, &elsewhere).await.unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let mut http = tokio::net::TcpStream::connect(node.running().http_addr)
+        .await
+        .unwrap();
+    http.write_all(b"GET /v1/datasets/ns/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    http.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+
+    let running = node.running();
+    let text = running.node.metrics().render(
+        &running.node.cache().stats(),
+        &running.node.budgets().stats(),
+    );
+    let count = |method: &str, code: &str| {
+        let prefix = format!("flight_requests_total{{method=\"{method}\",code=\"{code}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0.0, |v| v.parse::<f64>().unwrap())
+    };
+    assert_eq!(count("DoPut", "Ok"), 1.0, "{text}");
+    assert_eq!(count("DoGet", "Ok"), 2.0, "{text}");
+    assert_eq!(count("DoGet", "NotFound"), 1.0, "{text}");
+    assert_eq!(count("HttpExport", "NotFound"), 1.0, "{text}");
+    node.stop().await;
+}

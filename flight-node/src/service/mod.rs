@@ -91,15 +91,8 @@ impl FlightNodeService {
         self.auth.authenticate(header)
     }
 
-    fn finish<T>(
-        &self,
-        method: &str,
-        result: Result<T>,
-    ) -> std::result::Result<Response<T>, Status> {
-        let code = result
-            .as_ref()
-            .map_or_else(Error::code, |_| tonic::Code::Ok);
-        self.node.metrics().record_request(method, code);
+    /// The answer of a call (counted by `request_metrics` from its status).
+    fn finish<T>(&self, result: Result<T>) -> std::result::Result<Response<T>, Status> {
         result.map(Response::new).map_err(Status::from)
     }
 
@@ -195,11 +188,6 @@ impl FlightNodeService {
             },
             move || node.budgets().record_stall(),
         ))
-    }
-
-    /// Counts a finished request in the metrics.
-    pub fn record(&self, method: &str, code: tonic::Code) {
-        self.node.metrics().record_request(method, code);
     }
 
     /// Counts Flight bytes sent.
@@ -488,12 +476,7 @@ impl FlightService for FlightNodeService {
         &self,
         request: Request<Streaming<HandshakeRequest>>,
     ) -> std::result::Result<Response<Self::HandshakeStream>, Status> {
-        let r = self.handshake_inner(request).await;
-        self.node.metrics().record_request(
-            "Handshake",
-            r.as_ref().map_or_else(Error::code, |_| tonic::Code::Ok),
-        );
-        r.map_err(Status::from)
+        self.handshake_inner(request).await.map_err(Status::from)
     }
 
     async fn list_flights(
@@ -530,7 +513,7 @@ impl FlightService for FlightNodeService {
             Ok::<_, Error>(stream::iter(infos).boxed() as Self::ListFlightsStream)
         }
         .await;
-        self.finish("ListFlights", r)
+        self.finish(r)
     }
 
     async fn get_flight_info(
@@ -538,7 +521,7 @@ impl FlightService for FlightNodeService {
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
         let r = self.get_flight_info_inner(request).await;
-        self.finish("GetFlightInfo", r)
+        self.finish(r)
     }
 
     async fn poll_flight_info(
@@ -554,7 +537,7 @@ impl FlightService for FlightNodeService {
                 .map_err(Error::from),
             Err(e) => Err(e),
         };
-        self.finish("PollFlightInfo", r)
+        self.finish(r)
     }
 
     async fn get_schema(
@@ -571,7 +554,7 @@ impl FlightService for FlightNodeService {
             })
         }
         .await;
-        self.finish("GetSchema", r)
+        self.finish(r)
     }
 
     async fn do_get(
@@ -579,7 +562,7 @@ impl FlightService for FlightNodeService {
         request: Request<FlightTicket>,
     ) -> std::result::Result<Response<Self::DoGetStream>, Status> {
         let r = self.do_get_inner(request).await;
-        self.finish("DoGet", r)
+        self.finish(r)
     }
 
     async fn do_put(
@@ -592,15 +575,11 @@ impl FlightService for FlightNodeService {
         // with a bounded channel) would otherwise wait for ever. The PutResult follows once
         // the version is committed; a failure arrives as the call's status.
         if let Err(e) = self.principal(request.metadata()) {
-            return self.finish("DoPut", Err(e));
+            return self.finish(Err(e));
         }
         let this = self.clone();
-        let answer = stream::once(async move {
-            let r = this.do_put_inner(request).await;
-            let code = r.as_ref().map_or_else(Error::code, |_| tonic::Code::Ok);
-            this.node.metrics().record_request("DoPut", code);
-            r.map_err(Status::from)
-        });
+        let answer =
+            stream::once(async move { this.do_put_inner(request).await.map_err(Status::from) });
         Ok(Response::new(answer.boxed()))
     }
 
@@ -609,14 +588,11 @@ impl FlightService for FlightNodeService {
         request: Request<Streaming<FlightData>>,
     ) -> std::result::Result<Response<Self::DoExchangeStream>, Status> {
         if let Err(e) = self.principal(request.metadata()) {
-            return self.finish("DoExchange", Err(e));
+            return self.finish(Err(e));
         }
-        self.finish(
-            "DoExchange",
-            Err(Error::Unimplemented(
-                "DoExchange is not supported: upload with DoPut and download with DoGet".into(),
-            )),
-        )
+        self.finish(Err(Error::Unimplemented(
+            "DoExchange is not supported: upload with DoPut and download with DoGet".into(),
+        )))
     }
 
     async fn do_action(
@@ -631,7 +607,7 @@ impl FlightService for FlightNodeService {
             )
             .boxed() as Self::DoActionStream
         });
-        self.finish("DoAction", r)
+        self.finish(r)
     }
 
     async fn list_actions(
@@ -639,7 +615,7 @@ impl FlightService for FlightNodeService {
         request: Request<Empty>,
     ) -> std::result::Result<Response<Self::ListActionsStream>, Status> {
         if let Err(e) = self.principal(request.metadata()) {
-            return self.finish("ListActions", Err(e));
+            return self.finish(Err(e));
         }
         let actions: Vec<_> = ACTIONS
             .iter()
@@ -650,10 +626,7 @@ impl FlightService for FlightNodeService {
                 })
             })
             .collect();
-        self.finish(
-            "ListActions",
-            Ok(stream::iter(actions).boxed() as Self::ListActionsStream),
-        )
+        self.finish(Ok(stream::iter(actions).boxed() as Self::ListActionsStream))
     }
 }
 
