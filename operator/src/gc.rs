@@ -73,11 +73,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
-
-    fn t(secs: i64) -> DateTime<Utc> {
-        Utc.timestamp_opt(secs, 0).single().expect("valid")
-    }
+    use crate::fixtures::t;
 
     fn manifest(version: u64, created: i64, expires: Option<i64>) -> Manifest {
         let json = serde_json::json!({

@@ -90,13 +90,7 @@ pub fn format_instant(at: DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
-
-    fn t(secs: i64) -> DateTime<Utc> {
-        Utc.timestamp_opt(secs, 0)
-            .single()
-            .expect("valid timestamp")
-    }
+    use crate::fixtures::t;
 
     #[test]
     fn parses_positive_durations_and_refuses_the_rest() {

@@ -646,4 +646,54 @@ mod tests {
         assert_eq!(token_from_header("Bearer t").unwrap(), "t");
         assert!(token_from_header("Basic %%%").is_err());
     }
+
+    /// The `FlightService` trait's DoGet (production routes DoGet to the zero-copy path;
+    /// any other host of the service, such as a tonic server without the router, uses this
+    /// one) serves the same table and the same errors.
+    #[tokio::test]
+    async fn do_get_through_the_trait_serves_the_table() {
+        use arrow::array::{Int64Array, RecordBatch};
+        use arrow::datatypes::{DataType, Field, Schema};
+        use futures::TryStreamExt;
+
+        let config = crate::config::Config::for_tests("memory://");
+        let node = Arc::new(Node::from_config(&config).expect("node"));
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from_iter_values(0..10_000))],
+        )
+        .expect("batch");
+        let id = DatasetId::new("ns", "t").expect("id");
+        let m = node
+            .put(
+                id,
+                crate::node::PutOptions::default(),
+                schema,
+                stream::iter([Ok(batch.clone())]),
+            )
+            .await
+            .expect("put");
+        let ticket = m.ticket().expect("ticket").to_string();
+        let service = FlightNodeService::new(Arc::clone(&node), Arc::new(Auth::disabled()));
+
+        let answer = FlightService::do_get(&service, Request::new(FlightTicket::new(ticket)))
+            .await
+            .expect("DoGet answers");
+        let data = answer
+            .into_inner()
+            .map_err(|s| FlightError::Tonic(Box::new(s)));
+        let batches: Vec<RecordBatch> =
+            arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(data)
+                .try_collect()
+                .await
+                .expect("decodes");
+        let got = arrow::compute::concat_batches(&batch.schema(), &batches).expect("concat");
+        assert_eq!(got, batch);
+
+        let missing =
+            FlightService::do_get(&service, Request::new(FlightTicket::new("ads1:ns/other@1")))
+                .await;
+        assert_eq!(missing.err().map(|s| s.code()), Some(tonic::Code::NotFound));
+    }
 }

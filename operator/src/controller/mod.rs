@@ -420,11 +420,7 @@ pub fn clear_condition(conditions: &mut Vec<Condition>, type_: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
-
-    fn t(secs: i64) -> DateTime<Utc> {
-        Utc.timestamp_opt(secs, 0).single().expect("valid")
-    }
+    use crate::fixtures::t;
 
     fn cond(status: bool, reason: &str) -> NewCondition<'_> {
         NewCondition {
