@@ -154,18 +154,10 @@ impl Error {
         if matches!(self, Error::Busy(_)) {
             return 429;
         }
-        match self.code() {
-            Code::InvalidArgument => 400,
-            Code::Unauthenticated => 401,
-            Code::PermissionDenied => 403,
-            Code::NotFound => 404,
-            Code::Aborted | Code::FailedPrecondition => 409,
-            Code::DeadlineExceeded => 408,
-            Code::ResourceExhausted => 413,
-            Code::Unimplemented => 501,
-            Code::Unavailable => 503,
-            _ => 500,
-        }
+        HTTP_STATUS
+            .iter()
+            .find(|(code, _)| *code == self.code())
+            .map_or(500, |(_, status)| *status)
     }
 
     /// Converts a status received on an inbound stream (e.g. tonic's message-size check)
@@ -186,6 +178,34 @@ impl Error {
             }
             _ => Error::InvalidArgument(format!("failed to read the upload stream: {msg}")),
         }
+    }
+}
+
+/// The HTTP status of each gRPC code the node answers with (anything else is 500), read
+/// both ways: errors become statuses on the HTTP port, statuses become codes in metrics.
+const HTTP_STATUS: &[(Code, u16)] = &[
+    (Code::InvalidArgument, 400),
+    (Code::Unauthenticated, 401),
+    (Code::PermissionDenied, 403),
+    (Code::NotFound, 404),
+    (Code::FailedPrecondition, 409),
+    (Code::Aborted, 409),
+    (Code::DeadlineExceeded, 408),
+    (Code::ResourceExhausted, 413),
+    (Code::Unimplemented, 501),
+    (Code::Unavailable, 503),
+];
+
+/// The gRPC code an HTTP status of the node stands for (the inverse of
+/// [`Error::http_status`]; `429 Too Many Requests` is a busy budget).
+pub fn code_of_http_status(status: u16) -> Code {
+    match status {
+        200..=299 => Code::Ok,
+        429 => Code::ResourceExhausted,
+        _ => HTTP_STATUS
+            .iter()
+            .find(|(_, s)| *s == status)
+            .map_or(Code::Internal, |(code, _)| *code),
     }
 }
 

@@ -117,7 +117,7 @@ where
                     .headers()
                     .get("grpc-status")
                     .map(|v| grpc_code(v.as_bytes())),
-                Port::Http => Some(http_code(resp.status())),
+                Port::Http => Some(crate::error::code_of_http_status(resp.status().as_u16())),
             };
             Ok(match known {
                 Some(code) => {
@@ -163,23 +163,6 @@ fn grpc_code(value: &[u8]) -> Code {
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
         .map_or(Code::Unknown, Code::from_i32)
-}
-
-/// The gRPC code an HTTP status of the node stands for (the inverse of `Error::http_status`).
-fn http_code(status: http::StatusCode) -> Code {
-    match status.as_u16() {
-        200..=299 => Code::Ok,
-        400 => Code::InvalidArgument,
-        401 => Code::Unauthenticated,
-        403 => Code::PermissionDenied,
-        404 => Code::NotFound,
-        408 => Code::DeadlineExceeded,
-        409 => Code::FailedPrecondition,
-        413 | 429 => Code::ResourceExhausted,
-        501 => Code::Unimplemented,
-        503 => Code::Unavailable,
-        _ => Code::Internal,
-    }
 }
 
 /// A response body that counts its call when its trailers pass (or as `Cancelled` when it
@@ -271,8 +254,7 @@ mod tests {
         assert_eq!(grpc_code(b"5"), Code::NotFound);
         assert_eq!(grpc_code(b"x"), Code::Unknown);
         for code in [400, 401, 403, 404, 409, 413, 503] {
-            let status = http::StatusCode::from_u16(code).unwrap();
-            let back = http_code(status);
+            let back = crate::error::code_of_http_status(code);
             assert_ne!(back, Code::Internal, "{code}");
         }
     }

@@ -10,8 +10,8 @@ use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray}
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::{FlightClient, FlightDescriptor};
-use flight_node::clock::Clock;
-use flight_node::server::{start, start_with_clock, RunningNode};
+use flight_node::clock::{Clock, SystemClock};
+use flight_node::server::{start_with_clock, RunningNode};
 use flight_node::Config;
 use futures::{StreamExt, TryStreamExt};
 use tempfile::TempDir;
@@ -26,17 +26,7 @@ pub struct TestNode {
 impl TestNode {
     /// A node on `file://<tempdir>`; `tweak` adjusts the flags.
     pub async fn start(tweak: impl FnOnce(&mut Config)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::for_tests(&format!("file://{}", dir.path().display()));
-        tweak(&mut config);
-        let running = within("start the node", start(config.clone()))
-            .await
-            .unwrap();
-        Self {
-            running: Some(running),
-            dir,
-            config,
-        }
+        Self::start_with_clock(Arc::new(SystemClock), tweak).await
     }
 
     /// [`TestNode::start`] with the node reading the time from `clock`.
