@@ -22,12 +22,15 @@ pub const CONTROLLER: &str = "pool";
 /// How often a healthy pool is re-checked even without a watch event.
 pub const RESYNC: Duration = Duration::from_secs(300);
 
-/// Number of ArrowDatasets of a pool, from the dataset cache.
+/// Number of ArrowDatasets of a pool, from the dataset cache. Datasets being deleted do not
+/// count: the pool's watch can see a dataset's final removal before the cache does, and by
+/// then the cache holds it with its deletion timestamp, so the count is already right.
 pub fn count_datasets(datasets: &Store<ArrowDataset>, namespace: &str, pool: &str) -> i32 {
     let n = datasets
         .state()
         .iter()
         .filter(|d| d.namespace().as_deref() == Some(namespace) && d.spec.pool == pool)
+        .filter(|d| d.metadata.deletion_timestamp.is_none())
         .count();
     i32::try_from(n).unwrap_or(i32::MAX)
 }
