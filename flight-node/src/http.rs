@@ -7,8 +7,10 @@
 //!   into a new version (never held whole in memory). Query: `ttl`, `contract`,
 //!   `delimiter` (the `x-flight-ttl` / `x-flight-contract` headers work too). Answers
 //!   `201` with the same JSON as a Flight `PutResult`.
-//! * `GET /v1/datasets/{namespace}/{name}?format=csv|json[&version=N]` — exports the newest
-//!   (or a given) version as CSV or a JSON array of records, streamed.
+//! * `GET /v1/datasets/{namespace}/{name}?format=csv|json[&version=N][&columns=a,b][&limit=N]`
+//!   — exports the newest (or a given) version as CSV or a JSON array of records, streamed;
+//!   `columns` (comma-separated, in the order wanted) and `limit` (the first rows) narrow
+//!   it, as a ticket's selection does.
 //!
 //! Authentication is the same bearer token as on the Flight port.
 
@@ -28,9 +30,9 @@ use serde::Deserialize;
 use crate::auth::Auth;
 use crate::error::{Error, Result};
 use crate::name::DatasetId;
-use crate::node::{Node, PutOptions};
+use crate::node::{Node, Plan, PutOptions};
 use crate::service::{CONSUMERS_HEADER, CONTRACT_HEADER, TTL_HEADER};
-use crate::ticket::Ticket;
+use crate::ticket::{Selection, Ticket};
 
 #[derive(Clone)]
 struct AppState {
@@ -181,6 +183,8 @@ async fn upload(
 struct ExportQuery {
     format: Option<String>,
     version: Option<u64>,
+    columns: Option<String>,
+    limit: Option<u64>,
 }
 
 async fn export(
@@ -196,20 +200,59 @@ async fn export(
         None => s.node.latest(&id).await?,
     };
     let format = q.format.as_deref().unwrap_or("csv");
-    // Text is made a slice of rows at a time, as the client reads.
-    let batches = s
-        .node
-        .batches(&manifest)
-        .map_ok(|b| {
-            let rows = b.num_rows();
-            futures::stream::iter(
-                (0..rows)
-                    .step_by(EXPORT_ROWS)
-                    .map(move |at| Ok(b.slice(at, EXPORT_ROWS.min(rows - at)))),
-            )
+    let select = Selection::new(
+        q.columns
+            .as_deref()
+            .map(|c| c.split(',').map(str::to_owned).collect()),
+        q.limit,
+    )?;
+    let plan = Plan::new(&manifest, &select)?;
+    let projection: Option<Vec<usize>> = select
+        .columns
+        .as_ref()
+        .map(|names| {
+            let schema = plan.full_schema();
+            names.iter().map(|n| schema.index_of(n)).collect()
         })
-        .try_flatten()
-        .boxed();
+        .transpose()
+        .map_err(|e| Error::data("select the columns", e))?;
+    // Rows still to send: once the limit is reached nothing more is read.
+    let left = q.limit.unwrap_or(u64::MAX);
+    let batches = futures::stream::unfold(
+        (s.node.batches(&manifest), projection, left),
+        |(mut inner, projection, left)| async move {
+            if left == 0 {
+                return None;
+            }
+            let selected = match inner.next().await? {
+                Ok(b) => match &projection {
+                    Some(p) => b
+                        .project(p)
+                        .map_err(|e| Error::data("select the columns", e)),
+                    None => Ok(b),
+                },
+                Err(e) => Err(e),
+            };
+            match selected {
+                Ok(b) => {
+                    let rows = (b.num_rows() as u64).min(left);
+                    let b = b.slice(0, usize::try_from(rows).unwrap_or(usize::MAX));
+                    Some((Ok(b), (inner, projection, left - rows)))
+                }
+                Err(e) => Some((Err(e), (inner, projection, 0))),
+            }
+        },
+    )
+    .map_ok(|b| {
+        let rows = b.num_rows();
+        futures::stream::iter(
+            (0..rows)
+                .step_by(EXPORT_ROWS)
+                .map(move |at| Ok(b.slice(at, EXPORT_ROWS.min(rows - at)))),
+        )
+    })
+    .try_flatten()
+    .boxed();
     let chunks = match format {
         "csv" => csv_chunks(batches),
         "json" => json_chunks(batches),

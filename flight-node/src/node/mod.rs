@@ -42,10 +42,12 @@ use crate::versions::{Current, Versions};
 
 mod ingest;
 mod lifecycle;
+mod select;
 mod serve;
 mod writer;
 
 pub use ingest::{check_batch_rows, check_schema, upload_size, MAX_BATCH_ROWS};
+pub use select::Plan;
 use writer::*;
 
 /// Target size of one Flight message sent by `DoGet`. Large messages mean fewer gRPC
@@ -397,7 +399,7 @@ mod tests {
     use object_store::{ObjectStore, ObjectStoreExt};
 
     /// A node whose storage answers every GET after `get_delay`, with parts of ~80 kB.
-    fn node(store: Arc<dyn ObjectStore>, get_delay: Duration) -> Arc<Node> {
+    pub(super) fn node(store: Arc<dyn ObjectStore>, get_delay: Duration) -> Arc<Node> {
         let config = ThrottleConfig {
             wait_get_per_call: get_delay,
             ..ThrottleConfig::default()
@@ -463,7 +465,7 @@ mod tests {
             .collect()
     }
 
-    fn metric(node: &Node, line: &str) -> u64 {
+    pub(super) fn metric(node: &Node, line: &str) -> u64 {
         let text = node
             .metrics()
             .render(&node.cache().stats(), &node.budgets().stats());

@@ -1,7 +1,10 @@
 //! Serving reads: resolving tickets to manifests, streaming a version's parts from memory
 //! or storage (one load per part, shared by every reader), and `preload`.
 
+use super::select::Plan;
 use super::*;
+use crate::cache::schema_message;
+use crate::ticket::Selection;
 
 impl Node {
     /// The manifest a ticket pins; `NotFound` when it does not exist, was deleted or has
@@ -72,10 +75,81 @@ impl Node {
         manifest: &Manifest,
         part: Option<u32>,
     ) -> Result<BoxStream<'static, Result<Message>>> {
+        self.read(manifest, part, &Selection::default()).await
+    }
+
+    /// Like [`Node::stream`], returning only what `select` chooses: some columns, the
+    /// first rows (see [`super::select`]).
+    pub async fn read(
+        self: &Arc<Self>,
+        manifest: &Manifest,
+        part: Option<u32>,
+        select: &Selection,
+    ) -> Result<BoxStream<'static, Result<Message>>> {
         // Counted as a read in flight until the stream is dropped.
         let guard = self.read_guard((manifest.dataset()?, manifest.version));
-        let messages = self.stream_messages(manifest, part)?;
+        let messages = if select.is_all() {
+            self.stream_messages(manifest, part)?
+        } else {
+            self.selected_messages(manifest, part, Plan::new(manifest, select)?)?
+        };
         Ok(holding(messages, guard).boxed())
+    }
+
+    /// The messages of a selected read: the selection's schema, then each part's selected
+    /// messages, encoded on a blocking thread under the request-memory budget, the next
+    /// part selected while one is sent.
+    fn selected_messages(
+        self: &Arc<Self>,
+        manifest: &Manifest,
+        part: Option<u32>,
+        plan: Plan,
+    ) -> Result<BoxStream<'static, Result<Message>>> {
+        let head = Message::from(schema_message(plan.schema())?);
+        let parts = plan.parts(manifest, part);
+        let cold = part.is_none()
+            && !self
+                .cache
+                .fits(usize::try_from(manifest.bytes).unwrap_or(usize::MAX));
+        let (node, manifest, plan) = (Arc::clone(self), Arc::new(manifest.clone()), Arc::new(plan));
+        let body = stream::iter(parts)
+            .map(move |(p, limit)| {
+                let (node, manifest, plan) =
+                    (Arc::clone(&node), Arc::clone(&manifest), Arc::clone(&plan));
+                async move {
+                    let bytes = manifest
+                        .parts
+                        .get(p as usize)
+                        .map_or(0, |i| usize::try_from(i.bytes).unwrap_or(usize::MAX));
+                    let messages: Vec<Message> = node
+                        .part_messages(&manifest, p, cold)
+                        .await?
+                        .try_collect()
+                        .await?;
+                    // What is selected is new memory until it is sent.
+                    let mut permit = node
+                        .budgets
+                        .reserve(
+                            plan.bytes(&manifest, Some(p)).min(bytes as u64) as usize,
+                            "a read of some columns or rows",
+                        )
+                        .await?;
+                    let target = node.limits.message_target();
+                    let mut selected = tokio::task::spawn_blocking(move || {
+                        plan.select_part(messages, limit, target)
+                    })
+                    .await
+                    .map_err(|e| Error::Internal(format!("selecting a part failed: {e}")))??;
+                    permit.shrink_to(selected.bytes);
+                    let messages = std::mem::take(&mut selected.messages);
+                    Ok::<_, Error>(
+                        holding(stream::iter(messages.into_iter().map(Ok)), permit).boxed(),
+                    )
+                }
+            })
+            .buffered(LOAD_PARALLELISM)
+            .try_flatten();
+        Ok(stream::once(async { Ok(head) }).chain(body).boxed())
     }
 
     pub(super) fn stream_messages(

@@ -24,7 +24,7 @@ The module-level functions read their connection from the environment on each ca
 from __future__ import annotations
 
 import threading
-from typing import ContextManager, Dict, Optional, Union
+from typing import ContextManager, Dict, Optional, Sequence, Union
 
 import pandas as pd
 import pyarrow as pa
@@ -118,16 +118,19 @@ def upload_dataframe(
 def download_dataframe(
     ticket: Union[Ticket, str],
     *,
+    columns: Optional[Sequence[str]] = None,
+    limit: Optional[int] = None,
     dtype_backend: DtypeBackend = None,
     release_as: Optional[str] = None,
 ) -> pd.DataFrame:
     """Downloads the version a ticket names as a DataFrame (and releases it as consumer
-    ``release_as``, when given).
+    ``release_as``, when given). ``columns`` and ``limit`` read only those columns and the
+    first rows.
 
     See :meth:`Client.download_dataframe`.
     """
     return default_client().download_dataframe(
-        ticket, dtype_backend=dtype_backend, release_as=release_as
+        ticket, columns=columns, limit=limit, dtype_backend=dtype_backend, release_as=release_as
     )
 
 
@@ -162,12 +165,18 @@ def upload_table(
     )
 
 
-def download_table(ticket: Union[Ticket, str]) -> pa.Table:
-    """Downloads the version a ticket names as a ``pyarrow.Table``.
+def download_table(
+    ticket: Union[Ticket, str],
+    *,
+    columns: Optional[Sequence[str]] = None,
+    limit: Optional[int] = None,
+) -> pa.Table:
+    """Downloads the version a ticket names (only ``columns``, only the first ``limit``
+    rows, when given) as a ``pyarrow.Table``.
 
     See :meth:`Client.download_table`.
     """
-    return default_client().download_table(ticket)
+    return default_client().download_table(ticket, columns=columns, limit=limit)
 
 
 def upload_csv(

@@ -41,7 +41,7 @@ from ._convert import (
     table_batches,
     table_to_dataframe,
 )
-from ._ticket import Ticket
+from ._ticket import Ticket, selection_text
 from .errors import FlightError, InvalidRequest, translate
 
 __all__ = ["Client", "DatasetInfo", "TTL"]
@@ -535,29 +535,30 @@ class Client:
             lambda: self._conn.get_flight_info(descriptor, options=self._options()),
         )
 
-    def download_table(self, ticket: Union[Ticket, str]) -> pa.Table:
+    def download_table(
+        self,
+        ticket: Union[Ticket, str],
+        *,
+        columns: Optional[Sequence[str]] = None,
+        limit: Optional[int] = None,
+    ) -> pa.Table:
         """Downloads the version a ticket names as a ``pyarrow.Table``.
 
-        The node's ``GetFlightInfo`` lists one endpoint per part of large datasets; the
-        parts are fetched in parallel (``max_workers``) and concatenated in order. Each
-        endpoint's locations are tried in order (the owning node first), falling back to
-        the connection in use; ``UNAVAILABLE`` is retried with backoff. Tickets of older
-        versions (``GetFlightInfo`` describes the latest) are fetched with one ``DoGet``.
+        ``columns`` reads only those columns (in that order) and ``limit`` only the first
+        rows: the node sends nothing else. The node's ``GetFlightInfo`` lists one endpoint
+        per part of large datasets; the parts are fetched in parallel (``max_workers``) and
+        concatenated in order. Each endpoint's locations are tried in order (the owning node
+        first), falling back to the connection in use; ``UNAVAILABLE`` is retried with
+        backoff.
 
         Raises:
             DatasetNotFound: unknown dataset or version (or expired).
-            InvalidRequest: malformed ticket.
+            InvalidRequest: malformed ticket, or a column the version does not have.
             Unauthorized, ServerUnavailable, FlightError.
         """
-        t = Ticket(ticket)
-        endpoints: List[fl.FlightEndpoint] = []
-        schema: Optional[pa.Schema] = None
-        if t.part is None:
-            endpoints, schema = self._endpoints_for(t)
-        if not endpoints and schema is None:
-            endpoints = [fl.FlightEndpoint(t.to_bytes(), [])]
+        endpoints, schema = self._plan(Ticket(ticket), columns, limit)
         if not endpoints:
-            assert schema is not None
+            assert schema is not None  # pragma: no cover - only a FlightInfo has none
             return schema.empty_table()
         if len(endpoints) == 1:
             return self._fetch(endpoints[0])
@@ -568,24 +569,52 @@ class Client:
             tables = list(pool.map(self._fetch, endpoints))
         return pa.concat_tables(tables)
 
-    def _endpoints_for(self, t: Ticket) -> Tuple[List[fl.FlightEndpoint], Optional[pa.Schema]]:
-        """The endpoints of the ticket's version, or ``([], None)`` to DoGet the ticket."""
+    def select(
+        self,
+        ticket: Union[Ticket, str],
+        *,
+        columns: Optional[Sequence[str]] = None,
+        limit: Optional[int] = None,
+    ) -> Ticket:
+        """A ticket reading only ``columns`` and the first ``limit`` rows of the version
+        ``ticket`` names, issued (and signed, where the node signs) by the node. Pass it on
+        to a step that needs no more; a selection is only ever narrowed, never widened."""
+        fi = self._flight_info(self._command(Ticket(ticket), columns, limit))
+        return DatasetInfo.from_json(getattr(fi, "app_metadata", b"") or b"").ticket
+
+    def _command(
+        self, t: Ticket, columns: Optional[Sequence[str]], limit: Optional[int]
+    ) -> fl.FlightDescriptor:
+        """A command descriptor naming ``t``, narrowed by ``columns`` and ``limit``."""
+        selection_text(columns, limit)  # checks them before any call
+        if columns is None and limit is None:
+            return fl.FlightDescriptor.for_command(t.to_bytes())
+        body: Dict[str, Any] = {"ticket": str(t)}
+        if columns is not None:
+            body["columns"] = [str(c) for c in columns]
+        if limit is not None:
+            body["limit"] = int(limit)
+        return fl.FlightDescriptor.for_command(json.dumps(body).encode("utf-8"))
+
+    def _plan(
+        self, t: Ticket, columns: Optional[Sequence[str]], limit: Optional[int]
+    ) -> Tuple[List[fl.FlightEndpoint], Optional[pa.Schema]]:
+        """The endpoints and schema of what ``t`` (narrowed by ``columns``/``limit``) reads,
+        from ``GetFlightInfo`` with the ticket as a command descriptor. A server without
+        ``GetFlightInfo`` gets one ``DoGet`` of the ticket."""
+        descriptor = self._command(t, columns, limit)
         try:
-            fi = self._flight_info(fl.FlightDescriptor.for_path(t.namespace, t.name))
+            fi = self._flight_info(descriptor)
         except FlightError as e:
-            if e.code in ("NOT_FOUND", "UNIMPLEMENTED"):
-                # Fetch the ticket itself; its DoGet reports the authoritative error.
-                return [], None
-            raise
-        raw = getattr(fi, "app_metadata", b"") or b""
-        try:
-            latest = Ticket(json.loads(raw)["ticket"])
-        except (ValueError, KeyError, TypeError, FlightError):
-            return [], None
-        # Use the endpoints only when they describe exactly this ticket: GetFlightInfo
-        # describes the latest version, and a signed ticket must still pass the node's check.
-        if latest != t:
-            return [], None
+            if e.code != "UNIMPLEMENTED":
+                raise
+            text = str(t)
+            if columns is not None or limit is not None:
+                body, sep, signature = text.partition("~")
+                if t.columns is not None or t.limit is not None or signature:
+                    raise
+                text = body + selection_text(columns, limit)
+            return [fl.FlightEndpoint(text.encode("utf-8"), [])], None
         return list(fi.endpoints), fi.schema
 
     def _fetch(self, endpoint: fl.FlightEndpoint) -> pa.Table:
@@ -622,10 +651,16 @@ class Client:
         self,
         ticket: Union[Ticket, str],
         *,
+        columns: Optional[Sequence[str]] = None,
+        limit: Optional[int] = None,
         dtype_backend: DtypeBackend = None,
         release_as: Optional[str] = None,
     ) -> pd.DataFrame:
         """Downloads the version a ticket names as a DataFrame.
+
+        ``columns`` reads only those columns and ``limit`` only the first rows (a preview):
+        the node sends nothing else (see :meth:`download_table`). The index is restored when
+        its columns are among those read.
 
         DataFrames uploaded by this package come back with their dtypes and index (see
         :meth:`upload_dataframe`). ``dtype_backend`` (``None``, ``"numpy_nullable"`` or
@@ -634,7 +669,8 @@ class Client:
         consumer once the DataFrame is built (see :meth:`release`); use :meth:`consume` to
         release only after your own work succeeded.
         """
-        df = table_to_dataframe(self.download_table(ticket), dtype_backend)
+        table = self.download_table(ticket, columns=columns, limit=limit)
+        df = table_to_dataframe(table, dtype_backend)
         if release_as is not None:
             self.release(ticket, consumer=release_as)
         return df

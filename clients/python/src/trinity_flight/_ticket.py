@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import List, Optional, Sequence
+from urllib.parse import quote, unquote
 
 from .errors import InvalidRequest
 
@@ -14,9 +15,56 @@ _TICKET_RE = re.compile(
     r"^ads1:(?P<namespace>" + _LABEL + r")/(?P<name>" + _LABEL + r")"
     r"@(?P<version>[0-9]{1,19})"
     r"(?:#(?P<part>[0-9]{1,10}))?"
+    r"(?:\?(?P<selection>[A-Za-z0-9._%,&=-]+))?"
     r"(?:~(?P<signature>[A-Za-z0-9_-]+))?$"
 )
-MAX_TICKET_LEN = 512
+MAX_TICKET_LEN = 8192
+
+
+def _quote_column(name: str) -> str:
+    # Every byte but A-Z a-z 0-9 - . _ is %XX (quote would keep "~", which ends the body).
+    return quote(name, safe="").replace("~", "%7E")
+
+
+def selection_text(columns: Optional[Sequence[str]], limit: Optional[int]) -> str:
+    """The ``?...`` part of a ticket selecting ``columns`` and the first ``limit`` rows
+    (empty when both are ``None``)."""
+    parts: List[str] = []
+    if columns is not None:
+        if isinstance(columns, str):
+            raise TypeError("columns is a list of column names, not one string")
+        names = [str(c) for c in columns]
+        if not names:
+            raise InvalidRequest("columns must name at least one column")
+        if len(set(names)) != len(names):
+            raise InvalidRequest(f"a column is selected twice in {names!r}")
+        parts.append("columns=" + ",".join(_quote_column(c) for c in names))
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise InvalidRequest(f"limit must be a row count (0 or more), not {limit!r}")
+        parts.append(f"limit={limit}")
+    return "?" + "&".join(parts) if parts else ""
+
+
+def _parse_selection(text: Optional[str]) -> "tuple[Optional[List[str]], Optional[int]]":
+    columns: Optional[List[str]] = None
+    limit: Optional[int] = None
+    if text is None:
+        return columns, limit
+    for pair in text.split("&"):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InvalidRequest(f"ticket selection {pair!r} is not key=value")
+        if key == "columns" and columns is None:
+            names = value.split(",")
+            if any(not n for n in names):
+                raise InvalidRequest("an empty column name in a ticket")
+            columns = [unquote(n, errors="strict") for n in names]
+        elif key == "limit" and limit is None and value.isdigit():
+            limit = int(value)
+        else:
+            raise InvalidRequest(f"unexpected ticket selection {pair!r}")
+    return columns, limit
 
 
 class Ticket(str):
@@ -26,10 +74,12 @@ class Ticket(str):
     written to a file, put in JSON, a queue message, an environment variable or a CLI
     argument, and turned back into a ``Ticket`` with ``Ticket(text)``::
 
-        ads1:<namespace>/<name>@<version>[#<part>][~<signature>]
+        ads1:<namespace>/<name>@<version>[#<part>][?<selection>][~<signature>]
 
     ``#<part>`` selects one Parquet part (the node issues such tickets for parallel
-    download); ``~<signature>`` is present when the node signs tickets. Surrounding
+    download); ``?columns=a,b&limit=N`` reads only some columns and the first rows (column
+    names percent-encoded); ``~<signature>`` is present when the node signs tickets, and
+    covers the selection. Surrounding
     whitespace (a trailing newline from a file) is stripped. Anything else raises
     :class:`~trinity_flight.InvalidRequest`.
 
@@ -38,6 +88,8 @@ class Ticket(str):
         name: the dataset's name.
         version: the pinned version (``>= 1``).
         part: the part selector, or ``None`` for the whole version.
+        columns: the selected columns, or ``None`` for all of them.
+        limit: the row limit, or ``None`` for every row.
         signature: the node's signature, or ``None`` for unsigned tickets.
     """
 
@@ -45,6 +97,8 @@ class Ticket(str):
     name: str
     version: int
     part: Optional[int]
+    columns: Optional[List[str]]
+    limit: Optional[int]
     signature: Optional[str]
 
     def __new__(cls, value: "str | bytes") -> "Ticket":
@@ -74,16 +128,30 @@ class Ticket(str):
         self.version = version
         part = m.group("part")
         self.part = int(part) if part is not None else None
+        try:
+            self.columns, self.limit = _parse_selection(m.group("selection"))
+        except UnicodeDecodeError:
+            raise InvalidRequest("a ticket's column name is not UTF-8") from None
         self.signature = m.group("signature")
         return self
 
     @classmethod
-    def build(cls, namespace: str, name: str, version: int, part: Optional[int] = None) -> "Ticket":
-        """An unsigned ticket from its parts (for nodes that do not sign tickets)."""
+    def build(
+        cls,
+        namespace: str,
+        name: str,
+        version: int,
+        part: Optional[int] = None,
+        *,
+        columns: Optional[Sequence[str]] = None,
+        limit: Optional[int] = None,
+    ) -> "Ticket":
+        """An unsigned ticket from its parts (for nodes that do not sign tickets; a node
+        that signs issues selected tickets itself, see ``Client.select``)."""
         text = f"ads1:{namespace}/{name}@{int(version)}"
         if part is not None:
             text += f"#{int(part)}"
-        return cls(text)
+        return cls(text + selection_text(columns, limit))
 
     def __getnewargs__(self) -> "tuple[str]":
         return (str(self),)
