@@ -77,7 +77,7 @@ fn message_size(m: &FlightData) -> usize {
 
 /// Encodes the schema message for a stream.
 pub fn schema_message(schema: &SchemaRef) -> Result<FlightData> {
-    let first = encode_stream(schema, std::iter::empty(), usize::MAX)
+    let first = encode_stream(schema, std::iter::empty())
         .map_err(|e| Error::data("encode the Flight schema", e))?;
     first
         .into_iter()
@@ -105,21 +105,50 @@ pub fn encode_batches<I>(schema: &SchemaRef, batches: I, max_message: usize) -> 
 where
     I: Iterator<Item = Result<RecordBatch>> + Send + 'static,
 {
+    encode(schema, batches, max_message, true)
+}
+
+/// Encodes batches for one stream only (a selected read): the messages are not laid out
+/// as cached frames, which would copy every body once more.
+pub fn encode_for_stream(
+    schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
+    max_message: usize,
+) -> Result<EncodedPart> {
+    encode(schema, batches.into_iter().map(Ok), max_message, false)
+}
+
+fn encode<I>(
+    schema: &SchemaRef,
+    batches: I,
+    max_message: usize,
+    framed: bool,
+) -> Result<EncodedPart>
+where
+    I: Iterator<Item = Result<RecordBatch>> + Send + 'static,
+{
     let rows = Arc::new(AtomicU64::new(0));
     let failed: Arc<Mutex<Option<Error>>> = Arc::default();
     let input = {
         let (schema, rows, failed) = (schema.clone(), Arc::clone(&rows), Arc::clone(&failed));
-        batches.map(move |b| {
-            let b = b.and_then(|b| with_schema(&schema, b)).map_err(|e| {
-                let msg = e.to_string();
-                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                FlightError::ProtocolError(msg)
-            })?;
-            rows.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
-            Ok(b)
-        })
+        batches
+            .map(move |b| {
+                let b = b.and_then(|b| with_schema(&schema, b)).map_err(|e| {
+                    let msg = e.to_string();
+                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    FlightError::ProtocolError(msg)
+                })?;
+                rows.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+                Ok(b)
+            })
+            .flat_map(
+                move |b: std::result::Result<RecordBatch, FlightError>| match b {
+                    Ok(b) => split(b, max_message).into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                },
+            )
     };
-    let encoded = encode_stream(schema, input, max_message);
+    let encoded = encode_stream(schema, input);
     if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(e);
     }
@@ -134,6 +163,9 @@ where
     let messages = encoded
         .into_iter()
         .map(|m| {
+            if !framed {
+                return Message::from(m);
+            }
             let (frame, data) = crate::wire::contiguous(m);
             Message {
                 data,
@@ -148,18 +180,35 @@ where
     })
 }
 
-/// The messages of a stream: the schema, then dictionaries and batches.
+/// Slices a batch (without copying) into pieces of about `max` bytes of data each. The
+/// Flight encoder's own split counts every buffer a column shares whole (after an IPC
+/// decode, all columns of a message share its body), which cut messages many times smaller
+/// than asked.
+fn split(batch: RecordBatch, max: usize) -> Vec<RecordBatch> {
+    let rows = batch.num_rows();
+    let size = batch_size(&batch);
+    if rows <= 1 || size <= max {
+        return vec![batch];
+    }
+    let step = rows.div_ceil(size.div_ceil(max.max(1))).max(1);
+    (0..rows)
+        .step_by(step)
+        .map(|at| batch.slice(at, step.min(rows - at)))
+        .collect()
+}
+
+/// The messages of a stream: the schema, then dictionaries and batches, each batch as it
+/// comes (the input is already split to the message size).
 fn encode_stream<I>(
     schema: &SchemaRef,
     batches: I,
-    max_message: usize,
 ) -> std::result::Result<Vec<FlightData>, FlightError>
 where
     I: Iterator<Item = std::result::Result<RecordBatch, FlightError>> + Send + 'static,
 {
     let stream = FlightDataEncoderBuilder::new()
         .with_schema(schema.clone())
-        .with_max_flight_data_size(max_message)
+        .with_max_flight_data_size(usize::MAX)
         .with_dictionary_handling(DictionaryHandling::Resend)
         .build(futures::stream::iter(batches));
     futures::executor::block_on(stream.try_collect::<Vec<_>>())

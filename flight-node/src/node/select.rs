@@ -16,7 +16,7 @@ use arrow::ipc::reader::{read_dictionary, read_record_batch};
 use arrow::ipc::{root_as_message, MessageHeader};
 
 use super::*;
-use crate::cache::encode_part;
+use crate::cache::encode_for_stream;
 use crate::ticket::Selection;
 
 /// A selection checked against one version.
@@ -201,7 +201,7 @@ impl Plan {
                 _ => {}
             }
         }
-        let mut encoded = encode_part(&self.selected, &batches, max_message)?;
+        let mut encoded = encode_for_stream(&self.selected, batches, max_message)?;
         let kept_bytes: usize = kept
             .iter()
             .map(|m| m.data.data_header.len() + m.data.data_body.len())

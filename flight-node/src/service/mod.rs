@@ -198,7 +198,13 @@ impl FlightNodeService {
         }
         let trimmed = cmd.trim_ascii_start();
         if !trimmed.starts_with(b"{") {
-            return Ticket::decode(cmd.trim_ascii(), self.node.signer());
+            return Ticket::decode(cmd.trim_ascii(), self.node.signer()).map_err(|e| match e {
+                Error::InvalidArgument(why) => Error::invalid(format!(
+                    "GetFlightInfo takes a path descriptor [namespace, name] or a command \
+                     holding a ticket: {why}"
+                )),
+                other => other,
+            });
         }
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
