@@ -50,6 +50,11 @@ fn field_prefix_len(tag: u32, len: usize) -> usize {
 /// decode without a copy (a read of some columns, an export).
 pub const BODY_ALIGN: usize = 64;
 
+/// Bytes to put before an address to reach the next multiple of [`BODY_ALIGN`].
+fn align_pad(address: usize) -> usize {
+    (BODY_ALIGN - address % BODY_ALIGN) % BODY_ALIGN
+}
+
 /// Lays a message out as its whole gRPC frame in one buffer, its body aligned to
 /// [`BODY_ALIGN`]; returns the frame and a `FlightData` whose fields are slices of it.
 pub fn contiguous(m: FlightData) -> (Bytes, FlightData) {
@@ -60,13 +65,32 @@ pub fn contiguous(m: FlightData) -> (Bytes, FlightData) {
     let meta_start = header_end + field_prefix_len(3, m.app_metadata.len());
     let meta_end = meta_start + m.app_metadata.len();
     let body_start = head.len();
-    // Exactly the room needed: the frame is cached, spare capacity would stay resident.
-    let mut buf: Vec<u8> = Vec::with_capacity(BODY_ALIGN - 1 + head.len() + m.data_body.len());
-    let pad = (BODY_ALIGN - (buf.as_ptr() as usize + head.len()) % BODY_ALIGN) % BODY_ALIGN;
-    buf.resize(pad, 0);
-    buf.extend_from_slice(&head);
-    buf.extend_from_slice(&m.data_body);
-    let frame = Bytes::from(buf).slice(pad..);
+    let room = BODY_ALIGN - 1 + head.len();
+    let (frame, pad) = match m.data_body.try_into_mut() {
+        Ok(body) => {
+            // The body's own buffer, the head inserted in front of it in place: fresh
+            // memory for every frame made cold loads slower.
+            let mut buf = Vec::from(body);
+            // The frame is cached: spare capacity would stay resident.
+            buf.shrink_to_fit();
+            buf.reserve_exact(room);
+            let pad = align_pad(buf.as_ptr() as usize + head.len());
+            buf.splice(
+                0..0,
+                std::iter::repeat_n(0, pad).chain(head.iter().copied()),
+            );
+            (Bytes::from(buf), pad)
+        }
+        Err(body) => {
+            let mut buf: Vec<u8> = Vec::with_capacity(room + body.len());
+            let pad = align_pad(buf.as_ptr() as usize + head.len());
+            buf.resize(pad, 0);
+            buf.extend_from_slice(&head);
+            buf.extend_from_slice(&body);
+            (Bytes::from(buf), pad)
+        }
+    };
+    let frame = frame.slice(pad..);
     let data = FlightData {
         flight_descriptor: m.flight_descriptor,
         data_header: frame.slice(header_start..header_end),
@@ -97,9 +121,21 @@ mod tests {
                 app_metadata: meta.into(),
                 data_body: body.into(),
             };
+            // A body shared with `m` is copied; a body of its own is framed in place.
+            let own = FlightData {
+                data_body: Bytes::from(m.data_body.to_vec()),
+                ..m.clone()
+            };
+            for (frame, data) in [contiguous(m.clone()), contiguous(own)] {
+                assert_eq!(data, m);
+                assert_eq!(data.data_body.as_ptr() as usize % BODY_ALIGN, 0);
+                assert_eq!(frame[0], 0);
+                let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
+                assert_eq!(len + 5, frame.len());
+                assert_eq!(FlightData::decode(&frame[5..]).unwrap(), m);
+            }
             let (frame, data) = contiguous(m.clone());
             assert_eq!(data, m);
-            assert_eq!(data.data_body.as_ptr() as usize % BODY_ALIGN, 0);
             assert_eq!(frame[0], 0);
             let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
             assert_eq!(len + 5, frame.len());
