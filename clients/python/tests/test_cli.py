@@ -62,6 +62,11 @@ def test_put_get_head_ls_in_every_format(node, files, tmp_path: Path) -> None:
     head = run(node, "head", tickets["parquet"], "--rows", "3").stdout.splitlines()
     assert head[0].split() == ["ID", "CITY", "AMOUNT"]
     assert len(head) == 4 and head[1].split() == ["0", "c0", "0.0"]
+    head = run(node, "head", tickets["parquet"], "--rows", "2", "--columns", "amount,id")
+    assert [line.split() for line in head.stdout.splitlines()] == [
+        ["AMOUNT", "ID"], ["0.0", "0"], ["0.25", "1"]]
+    run(node, "get", tickets["csv"], str(tmp_path / "two.parquet"), "--columns", "city")
+    assert pq.read_table(tmp_path / "two.parquet").column_names == ["city"]
     listed = json.loads(run(node, "-o", "json", "ls").stdout)
     assert sorted(d["name"] for d in listed) == ["from-arrow", "from-csv", "from-parquet"]
     assert all(d["rows"] == 1000 and d["expiresAt"] for d in listed)

@@ -185,7 +185,7 @@ def cmd_put(args: argparse.Namespace) -> Any:
 def cmd_get(args: argparse.Namespace) -> Any:
     with _client(args) as c:
         progress = Progress(f"get {args.ticket}", None, args.progress)
-        table = c.download_table(args.ticket)
+        table = c.download_table(args.ticket, columns=args.columns)
         progress.add(table.nbytes)
         progress.finish()
     fmt = _format_of(args.out, args.format)
@@ -202,9 +202,17 @@ def cmd_get(args: argparse.Namespace) -> Any:
     return None
 
 
+def _column_list(text: str) -> List[str]:
+    names = [c.strip() for c in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected column names separated by commas: {text!r}")
+    return names
+
+
 def cmd_head(args: argparse.Namespace) -> Any:
     with _client(args) as c:
-        table = c.download_table(args.ticket).slice(0, args.rows)
+        # Only those rows (and columns) leave the node.
+        table = c.download_table(args.ticket, columns=args.columns, limit=max(0, args.rows))
     if args.output == "json":
         return table.to_pylist()
     rows = [[("" if v is None else v) for v in r.values()] for r in table.to_pylist()]
@@ -295,11 +303,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("ticket")
     s.add_argument("out", help="file to write (.parquet, .csv, .arrow)")
     s.add_argument("--format", choices=FORMATS, help="default: from the file's extension")
+    s.add_argument("--columns", type=_column_list, help="only these columns: price,qty")
     s.set_defaults(run=cmd_get)
 
     s = sub.add_parser("head", help="print the first rows of a ticket's version")
     s.add_argument("ticket")
     s.add_argument("--rows", type=int, default=10)
+    s.add_argument("--columns", type=_column_list, help="only these columns: price,qty")
     s.set_defaults(run=cmd_head)
 
     s = sub.add_parser("ls", help="list datasets with their newest version and expiry")
