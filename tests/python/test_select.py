@@ -158,3 +158,23 @@ def test_http_export_selects_columns_and_rows(wide):
     assert status == 200 and [r["id"] for r in json.loads(raw)] == [0, 1]
     status, raw, _ = http_request(f"{n.http}/v1/datasets/analytics/wide?columns=nope")
     assert status == 400 and b"no column" in raw
+
+
+def test_chosen_columns_of_a_version_larger_than_memory(node):
+    """A version the cache cannot hold is read from storage for each request; a selected
+    read decodes only the chosen columns of its Parquet parts."""
+    n = node("--part-size", "2MiB", "--memory-limit", "16MiB")
+    c = n.client()
+    table = wide_table()
+    ticket = put_table(c, ("analytics", "wide"), table, max_chunksize=40_000)["ticket"]
+    assert table.nbytes > 16 << 20
+    got = get_table(c, f"{ticket}?columns=cat,f7,id&limit=250000")
+    assert got.equals(table.select(["cat", "f7", "id"]).slice(0, 250_000))
+    info = c.get_flight_info(command(ticket, columns=["price"]))
+    assert read_info(c, info).equals(table.select(["price"]))
+    # Again after evicting it: every part from storage.
+    n.action(c, "evict", json.dumps({"namespace": "analytics", "name": "wide"}).encode())
+    odd = "name, odd~#?&=%/é"
+    quoted = urllib.parse.quote(odd, safe="").replace("~", "%7E")
+    got = get_table(c, f"{ticket}?columns={quoted},f0&limit=123456")
+    assert got.equals(table.select([odd, "f0"]).slice(0, 123_456))

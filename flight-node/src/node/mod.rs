@@ -400,6 +400,15 @@ mod tests {
 
     /// A node whose storage answers every GET after `get_delay`, with parts of ~80 kB.
     pub(super) fn node(store: Arc<dyn ObjectStore>, get_delay: Duration) -> Arc<Node> {
+        node_with_memory(store, get_delay, 1 << 30)
+    }
+
+    /// Like [`node`], with `memory` bytes of memory (the cache holds a share of it).
+    pub(super) fn node_with_memory(
+        store: Arc<dyn ObjectStore>,
+        get_delay: Duration,
+        memory: usize,
+    ) -> Arc<Node> {
         let config = ThrottleConfig {
             wait_get_per_call: get_delay,
             ..ThrottleConfig::default()
@@ -421,7 +430,7 @@ mod tests {
         let placement = Placement::new(None, None).unwrap();
         Arc::new(Node::new(
             storage,
-            1 << 30,
+            memory,
             Contracts::default(),
             None,
             placement,

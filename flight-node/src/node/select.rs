@@ -15,6 +15,7 @@ use arrow::datatypes::Schema;
 use arrow::ipc::reader::{read_dictionary, read_record_batch};
 use arrow::ipc::{root_as_message, MessageHeader};
 
+use super::serve::{deleted_or, holding};
 use super::*;
 use crate::cache::encode_for_stream;
 use crate::ticket::Selection;
@@ -215,6 +216,61 @@ impl Plan {
     }
 }
 
+impl Node {
+    /// The selected messages of a part that is not kept in memory, reading only the chosen
+    /// columns from storage; `None` when the plan chooses no columns (the whole part is
+    /// read then, as any read of it would).
+    pub(super) async fn selected_from_storage(
+        &self,
+        manifest: &Manifest,
+        part: u32,
+        plan: &Plan,
+        limit: Option<u64>,
+    ) -> Result<Option<BoxStream<'static, Result<Message>>>> {
+        let Some(columns) = plan.projection.clone() else {
+            return Ok(None);
+        };
+        let info = manifest
+            .parts
+            .get(part as usize)
+            .ok_or_else(|| Error::Internal(format!("the manifest has no part {part}")))?;
+        // The file, the chosen columns decoded, and their messages until sent.
+        let chosen = usize::try_from(plan.bytes(manifest, Some(part))).unwrap_or(usize::MAX);
+        let stored = usize::try_from(info.stored_bytes).unwrap_or(usize::MAX);
+        let mut permit = self
+            .budgets
+            .reserve(
+                stored.saturating_add(chosen.saturating_mul(2)),
+                "a read of some columns of a version not in memory",
+            )
+            .await?;
+        let schema = plan.selected.clone();
+        let read = crate::parts::read_part_columns(
+            &self.storage,
+            info,
+            READ_BATCH_ROWS,
+            columns,
+            schema.clone(),
+            limit,
+        )
+        .await;
+        let batches = match read {
+            Ok(b) => b,
+            Err(e) => return Err(deleted_or(&self.versions, manifest, e).await),
+        };
+        let target = self.limits.message_target();
+        let mut encoded =
+            tokio::task::spawn_blocking(move || encode_for_stream(&schema, batches, target))
+                .await
+                .map_err(|e| Error::Internal(format!("encoding a part failed: {e}")))??;
+        permit.shrink_to(encoded.bytes);
+        let messages = std::mem::take(&mut encoded.messages);
+        Ok(Some(
+            holding(stream::iter(messages.into_iter().map(Ok)), permit).boxed(),
+        ))
+    }
+}
+
 /// The index of a column by name; a clear error naming the columns there are otherwise.
 fn column_index(schema: &Schema, name: &str) -> Result<usize> {
     schema.index_of(name).map_err(|_| {
@@ -234,7 +290,7 @@ fn column_index(schema: &Schema, name: &str) -> Result<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{metric, node};
+    use super::super::tests::{metric, node, node_with_memory};
     use super::*;
     use crate::ticket::Selection;
     use arrow::array::{Array, DictionaryArray, Int64Array, StringArray};
@@ -399,6 +455,44 @@ mod tests {
         );
         let got = read(&node, &m, None, &select(Some(&["x"]), Some(0))).await;
         assert_eq!(got.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+    }
+
+    /// A version larger than the cache: only the chosen columns are read from storage, and
+    /// nothing is kept in memory.
+    #[tokio::test]
+    async fn chosen_columns_of_a_version_not_kept_come_from_storage() {
+        let node = node_with_memory(Arc::new(InMemory::new()), Duration::ZERO, 400_000);
+        let m = upload(&node).await;
+        assert!(!node.cache().fits(m.bytes as usize));
+        let got = read(&node, &m, None, &select(Some(&["d", "x"]), None)).await;
+        let names: Vec<String> = got[0]
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(names, ["d", "x"]);
+        assert!(matches!(
+            got[0].schema().field(0).data_type(),
+            DataType::Dictionary(..)
+        ));
+        let x: Vec<i64> = column::<Int64Array>(&got, 1)
+            .iter()
+            .flat_map(|a| a.values().to_vec())
+            .collect();
+        assert_eq!(x, (0..40_000).collect::<Vec<_>>());
+        let d = column::<DictionaryArray<Int32Type>>(&got, 0);
+        let first = d[0]
+            .values()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(first.value(d[0].keys().value(1) as usize), "green");
+        let got = read(&node, &m, None, &select(Some(&["s"]), Some(12_345))).await;
+        let s = column::<StringArray>(&got, 0);
+        assert_eq!(s.iter().map(|a| a.len()).sum::<usize>(), 12_345);
+        assert_eq!(s.last().map(|a| a.value(a.len() - 1)), Some("s12344"));
+        assert!(node.cache().entries().is_empty());
     }
 
     #[tokio::test]

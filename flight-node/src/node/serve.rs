@@ -121,8 +121,23 @@ impl Node {
                         .parts
                         .get(p as usize)
                         .map_or(0, |i| usize::try_from(i.bytes).unwrap_or(usize::MAX));
+                    // A part in memory is read from there, even in a version too large
+                    // to keep whole.
+                    let held = node
+                        .cache
+                        .peek(&(manifest.dataset()?, manifest.version, p))
+                        .is_some();
+                    if !held && (cold || !node.cache.fits(bytes)) {
+                        // Not kept in memory: only the chosen columns are decoded.
+                        if let Some(stream) = node
+                            .selected_from_storage(&manifest, p, &plan, limit)
+                            .await?
+                        {
+                            return Ok(stream);
+                        }
+                    }
                     let messages: Vec<Message> = node
-                        .part_messages(&manifest, p, cold)
+                        .part_messages(&manifest, p, cold && !held)
                         .await?
                         .try_collect()
                         .await?;
