@@ -206,16 +206,9 @@ async fn export(
             .map(|c| c.split(',').map(str::to_owned).collect()),
         q.limit,
     )?;
-    let plan = Plan::new(&manifest, &select)?;
-    let projection: Option<Vec<usize>> = select
-        .columns
-        .as_ref()
-        .map(|names| {
-            let schema = plan.full_schema();
-            names.iter().map(|n| schema.index_of(n)).collect()
-        })
-        .transpose()
-        .map_err(|e| Error::data("select the columns", e))?;
+    let projection = Plan::new(&manifest, &select)?
+        .columns()
+        .map(<[usize]>::to_vec);
     // Rows still to send: once the limit is reached nothing more is read.
     let left = q.limit.unwrap_or(u64::MAX);
     let batches = futures::stream::unfold(

@@ -130,10 +130,15 @@ def test_unavailable_is_retried_until_the_node_is_back(start_node) -> None:
             timer.join()
 
 
-def test_signed_tickets(start_node, tmp_path) -> None:
+def signing_node(start_node, tmp_path):
+    """A node that signs tickets, with 1 MiB parts."""
     key = tmp_path / "ticket.key"
     key.write_text("0123456789abcdef0123456789abcdef")
-    node = start_node("--ticket-key-file", str(key), "--part-size", "1MiB")
+    return start_node("--ticket-key-file", str(key), "--part-size", "1MiB")
+
+
+def test_signed_tickets(start_node, tmp_path) -> None:
+    node = signing_node(start_node, tmp_path)
     with tf.Client(node.uri, namespace="default", batch_bytes=256 * 1024) as c:
         df = ten_mb_frame(40_000)
         t1 = c.upload_dataframe(df, "signed")
@@ -190,9 +195,7 @@ def test_pool_owner_location_first_then_fallback(tmp_path, node_class) -> None:
 
 
 def test_columns_and_limit_read_only_what_is_asked(start_node, tmp_path) -> None:
-    key = tmp_path / "ticket.key"
-    key.write_text("0123456789abcdef0123456789abcdef")
-    node = start_node("--ticket-key-file", str(key), "--part-size", "1MiB")
+    node = signing_node(start_node, tmp_path)
     with tf.Client(node.uri, namespace="default", batch_bytes=256 * 1024) as c:
         df = ten_mb_frame(40_000)
         t = c.upload_dataframe(df, "wide")

@@ -64,9 +64,10 @@ impl Plan {
         })
     }
 
-    /// The version's schema.
-    pub fn full_schema(&self) -> &SchemaRef {
-        &self.stored
+    /// The chosen columns' indices in the version's schema, in the order wanted; `None`
+    /// when every column is read.
+    pub fn columns(&self) -> Option<&[usize]> {
+        self.projection.as_deref()
     }
 
     /// The schema of what the read returns.
@@ -227,7 +228,7 @@ impl Node {
         plan: &Plan,
         limit: Option<u64>,
     ) -> Result<Option<BoxStream<'static, Result<Message>>>> {
-        let Some(columns) = plan.projection.clone() else {
+        let Some(columns) = plan.columns().map(<[usize]>::to_vec) else {
             return Ok(None);
         };
         let info = manifest
@@ -386,6 +387,22 @@ mod tests {
         .unwrap()
     }
 
+    /// Checks a read of `columns=d,x`: those columns in that order, `d` still a dictionary.
+    /// Returns the values of `x`.
+    fn d_then_x(got: &[RecordBatch]) -> Vec<i64> {
+        let schema = got[0].schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["d", "x"]);
+        assert!(matches!(
+            schema.field(0).data_type(),
+            DataType::Dictionary(..)
+        ));
+        column::<Int64Array>(got, 1)
+            .iter()
+            .flat_map(|a| a.values().to_vec())
+            .collect()
+    }
+
     #[tokio::test]
     async fn chosen_columns_come_in_the_order_asked_with_their_dictionaries() {
         let node = node(Arc::new(InMemory::new()), Duration::ZERO);
@@ -393,17 +410,7 @@ mod tests {
         for _ in 0..2 {
             // From storage, then from memory.
             let got = read(&node, &m, None, &select(Some(&["d", "x"]), None)).await;
-            let schema = got[0].schema();
-            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-            assert_eq!(names, ["d", "x"]);
-            assert!(matches!(
-                schema.field(0).data_type(),
-                DataType::Dictionary(..)
-            ));
-            let x: Vec<i64> = column::<Int64Array>(&got, 1)
-                .iter()
-                .flat_map(|a| a.values().to_vec())
-                .collect();
+            let x = d_then_x(&got);
             assert_eq!(x, (0..40_000).collect::<Vec<_>>());
             let words: Vec<String> = column::<DictionaryArray<Int32Type>>(&got, 0)
                 .iter()
@@ -465,22 +472,7 @@ mod tests {
         let m = upload(&node).await;
         assert!(!node.cache().fits(m.bytes as usize));
         let got = read(&node, &m, None, &select(Some(&["d", "x"]), None)).await;
-        let names: Vec<String> = got[0]
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        assert_eq!(names, ["d", "x"]);
-        assert!(matches!(
-            got[0].schema().field(0).data_type(),
-            DataType::Dictionary(..)
-        ));
-        let x: Vec<i64> = column::<Int64Array>(&got, 1)
-            .iter()
-            .flat_map(|a| a.values().to_vec())
-            .collect();
-        assert_eq!(x, (0..40_000).collect::<Vec<_>>());
+        assert_eq!(d_then_x(&got), (0..40_000).collect::<Vec<_>>());
         let d = column::<DictionaryArray<Int32Type>>(&got, 0);
         let first = d[0]
             .values()

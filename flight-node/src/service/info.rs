@@ -1,7 +1,11 @@
 //! `GetFlightInfo`: what a read of a version (or of some of its columns and rows) is made
 //! of, as endpoints with tickets; and the command descriptors that name such a read.
 
+use arrow::ipc::writer::IpcWriteOptions;
+use arrow_flight::{IpcMessage, SchemaAsIpc};
+
 use super::*;
+use crate::node::Plan;
 use crate::ticket::Selection;
 
 /// Command descriptors longer than this are refused before parsing.
@@ -28,7 +32,14 @@ impl FlightNodeService {
         let id = m.dataset()?;
         let signer = self.node.signer();
         let expiration = m.expires_at.map(timestamp);
-        let plan = Plan::new(m, &ticket.select)?;
+        let selected = !ticket.select.is_all() || ticket.part.is_some();
+        // Only a read of less than the whole version needs planning (ListFlights and a
+        // path descriptor describe whole versions, often).
+        let plan = if selected {
+            Some(Plan::new(m, &ticket.select)?)
+        } else {
+            None
+        };
         let endpoint = |t: &Ticket, part: u32| {
             let mut location = Vec::new();
             if let Some(owner) = self.node.placement().part_owner(&id, m.version, part) {
@@ -46,7 +57,12 @@ impl FlightNodeService {
                 app_metadata: Bytes::new(),
             }
         };
-        let parts = plan.parts(m, ticket.part);
+        let parts: Vec<(u32, Option<u64>)> = match &plan {
+            Some(plan) => plan.parts(m, ticket.part),
+            None => (0..u32::try_from(m.parts.len()).unwrap_or(u32::MAX))
+                .map(|p| (p, None))
+                .collect(),
+        };
         let endpoints: Vec<FlightEndpoint> = if m.parts.len() > 1 || ticket.part.is_some() {
             parts
                 .iter()
@@ -62,7 +78,6 @@ impl FlightNodeService {
         } else {
             vec![endpoint(ticket, 0)]
         };
-        let selected = !ticket.select.is_all() || ticket.part.is_some();
         let mut described = m.put_result(signer)?;
         if selected {
             // The ticket of what this FlightInfo describes, to pass on.
@@ -70,10 +85,9 @@ impl FlightNodeService {
         }
         let app_metadata = serde_json::to_vec(&described)
             .map_err(|e| Error::Internal(format!("failed to encode flight info metadata: {e}")))?;
-        let (rows, bytes) = if selected {
-            (plan.rows(m, ticket.part), plan.bytes(m, ticket.part))
-        } else {
-            (m.rows, m.bytes)
+        let (rows, bytes) = match &plan {
+            Some(plan) => (plan.rows(m, ticket.part), plan.bytes(m, ticket.part)),
+            None => (m.rows, m.bytes),
         };
         let mut info = FlightInfo::new()
             .with_descriptor(descriptor)
@@ -82,14 +96,15 @@ impl FlightNodeService {
             .with_total_bytes(i64::try_from(bytes).unwrap_or(i64::MAX))
             .with_ordered(true)
             .with_app_metadata(app_metadata);
-        info.schema = if ticket.select.columns.is_some() {
-            // The chosen columns' schema, encoded here.
-            let ipc: IpcMessage =
-                SchemaAsIpc::new(plan.schema(), &IpcWriteOptions::default()).try_into()?;
-            ipc.0
-        } else {
+        info.schema = match &plan {
+            Some(plan) if ticket.select.columns.is_some() => {
+                // The chosen columns' schema, encoded here.
+                let ipc: IpcMessage =
+                    SchemaAsIpc::new(plan.schema(), &IpcWriteOptions::default()).try_into()?;
+                ipc.0
+            }
             // The schema as the uploader sent it (see `Manifest::schema_flight_data`).
-            m.schema_ipc()?
+            _ => m.schema_ipc()?,
         };
         Ok(info)
     }

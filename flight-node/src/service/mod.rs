@@ -19,15 +19,14 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
-    HandshakeRequest, HandshakeResponse, IpcMessage, Location, PollInfo, PutResult,
-    RenewFlightEndpointRequest, SchemaAsIpc, SchemaResult, Ticket as FlightTicket,
+    HandshakeRequest, HandshakeResponse, Location, PollInfo, PutResult, RenewFlightEndpointRequest,
+    SchemaResult, Ticket as FlightTicket,
 };
 use base64::Engine;
 use bytes::Bytes;
@@ -45,7 +44,7 @@ use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 use crate::name::DatasetId;
 use crate::node::{
-    DatasetRef, LoadRequest, Node, NodePreload, Plan, PreloadRequest, PreloadResult, PutOptions,
+    DatasetRef, LoadRequest, Node, NodePreload, PreloadRequest, PreloadResult, PutOptions,
 };
 use crate::ticket::Ticket;
 
