@@ -298,6 +298,7 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Int32Type};
     use arrow_flight::decode::FlightRecordBatchStream;
     use object_store::memory::InMemory;
+    use object_store::ObjectStoreExt;
     use std::time::Duration;
 
     fn schema() -> SchemaRef {
@@ -485,6 +486,35 @@ mod tests {
         assert_eq!(s.iter().map(|a| a.len()).sum::<usize>(), 12_345);
         assert_eq!(s.last().map(|a| a.value(a.len() - 1)), Some("s12344"));
         assert!(node.cache().entries().is_empty());
+    }
+
+    /// (I2) A selected read from storage racing a delete whose sweep removed the parts
+    /// answers NOT_FOUND, like any read of a deleted version: never another table, never
+    /// an internal error.
+    #[tokio::test]
+    async fn a_selected_read_racing_a_delete_is_not_found() {
+        let store = Arc::new(InMemory::new());
+        let node = node_with_memory(store.clone(), Duration::ZERO, 400_000);
+        let m = upload(&node).await;
+        let id = m.dataset().unwrap();
+        node.delete(&id, Some(m.version)).await.unwrap();
+        for p in &m.parts {
+            store
+                .delete(&object_store::path::Path::from(p.path.as_str()))
+                .await
+                .unwrap();
+        }
+        let messages: Vec<Result<Message>> = node
+            .read(&m, None, &select(Some(&["x"]), None))
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        let err = messages
+            .into_iter()
+            .find_map(|r| r.err())
+            .expect("the read failed");
+        assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
     }
 
     #[tokio::test]
